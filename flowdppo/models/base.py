@@ -1,0 +1,82 @@
+"""The policy interface: what the trainer needs from a generator, and nothing more.
+
+A policy wraps one text-to-image flow-matching model (our Shapes model, a diffusers SD3/FLUX
+pipeline, ...). The rollout loop and the step maths live in ``flowdppo.core``; an adapter only
+answers these questions. Conventions (ALGORITHM.md §1): ``latents`` at noise level ``sigma``
+satisfy ``x_sigma = (1 - sigma) * x0 + sigma * eps`` and the model predicts ``v = eps - x0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Protocol, runtime_checkable
+
+import torch
+
+# Prompt conditioning: a dict of tensors that all share the leading batch dimension, so that
+# ``{k: t[idx] for k, t in cond.items()}`` selects samples. Adapters put whatever they need in it
+# (token embeddings, pooled embeddings, masks).
+Cond = dict[str, torch.Tensor]
+
+
+def index_cond(cond: Cond, index: torch.Tensor | slice) -> Cond:
+    """Select samples of a conditioning dict along the batch dimension."""
+    return {k: t[index] for k, t in cond.items()}
+
+
+def cat_conds(conds: list[Cond]) -> Cond:
+    """Concatenate conditioning dicts along the batch dimension."""
+    if not conds:
+        raise ValueError("cat_conds: empty list")
+    return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A trainable flow-matching text-to-image generator."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's latents, without the batch dimension (e.g. ``(3, 32, 32)``)."""
+        ...
+
+    def encode_prompts(self, prompts: list[str]) -> Cond:
+        """Encode prompts to conditioning (no gradient; adapters may cache per prompt)."""
+        ...
+
+    def velocity(
+        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance_scale: float = 1.0
+    ) -> torch.Tensor:
+        """Predict ``v`` for ``latents`` [B, *latent_shape] at ``sigma`` [B]; returns float32.
+
+        ``guidance_scale > 1`` applies classifier-free guidance (the adapter owns the
+        unconditional branch); 1.0 is a single conditional pass.
+        """
+        ...
+
+    def sigmas(self, num_inference_steps: int) -> torch.Tensor:
+        """The model's sigma schedule: float32 [num_inference_steps + 1], from ~1 down to 0."""
+        ...
+
+    def initial_noise(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Standard-normal starting latents [B, *latent_shape] (float32, on ``generator``'s device)."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, *latent_shape] to images [B, 3, H, W], float32 in [0, 1]."""
+        ...
+
+    def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
+        """The parameters the optimizer updates (LoRA weights, or all for full fine-tuning)."""
+        ...
+
+    def reference(self) -> AbstractContextManager[None]:
+        """Context in which ``velocity`` is the frozen reference (base) model.
+
+        LoRA: the adapter disabled (no second copy). Full fine-tuning: a frozen copy.
+        """
+        ...
