@@ -1,1 +1,68 @@
+"""The algorithm core of Flow-DPPO: plain PyTorch, no model library (ALGORITHM.md §1–§5).
 
+Schedules, per-step Gaussian policies of the samplers, exact divergences, the losses, GRPO
+advantages, trained-step selection and the one rollout loop over a velocity function.
+"""
+
+from .divergence import DIVERGENCES, gaussian_kl, gaussian_tv, get_divergence
+from .losses import (
+    LOSSES,
+    MAX_LOG_RATIO,
+    LossInputs,
+    LossOutput,
+    clip_advantages,
+    compute_loss,
+    flow_dppo_loss,
+    grpo_guard_loss,
+    ratio_clip_loss,
+    reference_kl,
+    stable_ratio,
+)
+from .rollout import RolloutOutput, VelocityFn, recompute_step, sample
+from .schedules import model_sigmas, shifted_sigmas
+from .sde import (
+    SAMPLERS,
+    StepKernel,
+    StepOutput,
+    cps_peer_parity_step,
+    cps_step,
+    dance_sde_step,
+    flow_sde_step,
+    gaussian_log_prob,
+    get_sampler,
+    ode_step,
+)
+
+__all__ = [
+    "DIVERGENCES",
+    "LOSSES",
+    "MAX_LOG_RATIO",
+    "SAMPLERS",
+    "LossInputs",
+    "LossOutput",
+    "RolloutOutput",
+    "StepKernel",
+    "StepOutput",
+    "VelocityFn",
+    "clip_advantages",
+    "compute_loss",
+    "cps_peer_parity_step",
+    "cps_step",
+    "dance_sde_step",
+    "flow_dppo_loss",
+    "flow_sde_step",
+    "gaussian_kl",
+    "gaussian_log_prob",
+    "gaussian_tv",
+    "get_divergence",
+    "get_sampler",
+    "grpo_guard_loss",
+    "model_sigmas",
+    "ode_step",
+    "ratio_clip_loss",
+    "recompute_step",
+    "reference_kl",
+    "sample",
+    "shifted_sigmas",
+    "stable_ratio",
+]
