@@ -4,6 +4,7 @@ Schedules, per-step Gaussian policies of the samplers, exact divergences, the lo
 advantages, trained-step selection and the one rollout loop over a velocity function.
 """
 
+from .advantages import group_advantages, sharded_group_advantages
 from .divergence import DIVERGENCES, gaussian_kl, gaussian_tv, get_divergence
 from .losses import (
     LOSSES,
@@ -32,6 +33,7 @@ from .sde import (
     get_sampler,
     ode_step,
 )
+from .steps import select_train_steps
 
 __all__ = [
     "DIVERGENCES",
@@ -56,6 +58,7 @@ __all__ = [
     "gaussian_tv",
     "get_divergence",
     "get_sampler",
+    "group_advantages",
     "grpo_guard_loss",
     "model_sigmas",
     "ode_step",
@@ -63,6 +66,8 @@ __all__ = [
     "recompute_step",
     "reference_kl",
     "sample",
+    "select_train_steps",
+    "sharded_group_advantages",
     "shifted_sigmas",
     "stable_ratio",
 ]
