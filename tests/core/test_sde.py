@@ -1,0 +1,232 @@
+"""Step kernels of flowdppo.core.sde against formulas written out independently here.
+
+Each expected value is computed with plain python ``math`` on one sigma pair, from the table of
+ALGORITHM.md §2, not by calling the module's helpers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from flowdppo.core import sde
+from flowdppo.core.sde import (
+    SAMPLERS,
+    cps_peer_parity_step,
+    cps_step,
+    dance_sde_step,
+    flow_sde_step,
+    gaussian_log_prob,
+    get_sampler,
+    ode_step,
+)
+
+ATOL = 1e-6  # float32 arithmetic on O(1) values
+
+
+def _xv(shape=(4, 6), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+
+
+def _sde_expected(x, v, sigma, sigma_next, g):
+    """Euler–Maruyama of the reverse SDE: x + [v + g²/(2σ)(x + (1-σ)v)]Δ, std g·sqrt(-Δ)."""
+    d = sigma_next - sigma
+    return x + (v + g * g / (2 * sigma) * (x + (1 - sigma) * v)) * d, g * math.sqrt(-d)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_flow_sde_mean_and_std(as_tensor):
+    x, v = _xv()
+    sigma, sigma_next, eta = 0.6, 0.45, 0.7
+    g = eta * math.sqrt(sigma / (1 - sigma))  # 0.7 * sqrt(1.5) = 0.857321...
+    mean, std = _sde_expected(x, v, sigma, sigma_next, g)
+    s = torch.full((4,), sigma) if as_tensor else sigma
+    s_next = torch.full((4,), sigma_next) if as_tensor else sigma_next
+    out = flow_sde_step(x, v, s, s_next, eta, noise=torch.zeros_like(x))
+    torch.testing.assert_close(out.mean, mean, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.std, torch.full((4,), std), atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.x_next, mean, atol=ATOL, rtol=0)  # zero noise
+
+
+def test_flow_sde_at_sigma_one_uses_one_minus_sigma_next():
+    """At σ = 1, g = η·sqrt(1/(1-σ_1)), so std = g·sqrt(1-σ_1) = η exactly."""
+    x, v = _xv()
+    sigma_next, eta = 0.9, 0.7
+    g = eta * math.sqrt(1.0 / (1 - sigma_next))
+    mean, _ = _sde_expected(x, v, 1.0, sigma_next, g)
+    out = flow_sde_step(x, v, 1.0, sigma_next, eta)
+    torch.testing.assert_close(out.mean, mean, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std, torch.full((4,), eta), atol=ATOL, rtol=0)
+    assert torch.isfinite(out.log_prob).all()
+
+
+def test_dance_sde_mean_and_std():
+    x, v = _xv()
+    mean, std = _sde_expected(x, v, 0.8, 0.5, 0.7)  # g = η
+    out = dance_sde_step(x, v, 0.8, 0.5, 0.7, noise=torch.zeros_like(x))
+    torch.testing.assert_close(out.mean, mean, atol=ATOL, rtol=0)
+    assert abs(std - 0.7 * math.sqrt(0.3)) < 1e-12
+    torch.testing.assert_close(out.std, torch.full((4,), std), atol=ATOL, rtol=0)
+
+
+def test_cps_mean_and_std():
+    x, v = _xv()
+    sigma, sigma_next, eta = 0.7, 0.4, 0.8
+    std = sigma_next * math.sin(eta * math.pi / 2)  # 0.4 * sin(0.4π) = 0.380423...
+    x0_hat, eps_hat = x - sigma * v, x + (1 - sigma) * v
+    mean = (1 - sigma_next) * x0_hat + math.sqrt(sigma_next**2 - std**2) * eps_hat
+    out = cps_step(x, v, sigma, sigma_next, eta)
+    torch.testing.assert_close(out.mean, mean, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.std, torch.full((4,), std), atol=ATOL, rtol=0)
+
+
+def test_ode_step_is_euler_and_deterministic():
+    x, v = _xv()
+    g = torch.Generator().manual_seed(1)
+    state = g.get_state()
+    out = ode_step(x, v, 0.5, 0.3, generator=g)
+    torch.testing.assert_close(out.x_next, x + v * (0.3 - 0.5), atol=ATOL, rtol=0)
+    assert torch.equal(out.std, torch.zeros(4)) and torch.equal(out.log_prob, torch.zeros(4))
+    assert torch.equal(g.get_state(), state)  # no random number drawn
+
+
+def test_cps_last_step_has_zero_std_and_zero_log_prob():
+    x, v = _xv()
+    out = cps_step(x, v, 0.2, 0.0, 0.7)
+    torch.testing.assert_close(out.x_next, x - 0.2 * v, atol=ATOL, rtol=0)  # = x0_hat
+    assert torch.equal(out.std, torch.zeros(4)) and torch.equal(out.log_prob, torch.zeros(4))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gaussian_log_prob_matches_torch_normal(reduction):
+    x, mean = _xv((3, 2, 5))
+    std = torch.tensor([0.3, 1.0, 2.5])
+    ref = torch.distributions.Normal(mean, std.view(3, 1, 1)).log_prob(x).flatten(1)
+    expected = ref.mean(1) if reduction == "mean" else ref.sum(1)
+    torch.testing.assert_close(
+        gaussian_log_prob(x, mean, std, reduction), expected, atol=1e-5, rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", ["flow_sde", "dance_sde", "cps"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_kernel_log_prob_of_given_x_next_matches_torch_normal(name, reduction):
+    x, v = _xv((2, 3, 4, 4))
+    x_next = x + 0.1 * v
+    out = get_sampler(name)(x, v, 0.75, 0.5, 0.7, x_next=x_next, reduction=reduction)
+    ref = torch.distributions.Normal(out.mean, out.std.view(2, 1, 1, 1)).log_prob(x_next).flatten(1)
+    expected = ref.mean(1) if reduction == "mean" else ref.sum(1)
+    torch.testing.assert_close(out.log_prob, expected, atol=1e-4, rtol=1e-6)
+    assert torch.equal(out.x_next, x_next)
+
+
+def test_sampling_uses_given_noise_and_generator_reproducibly():
+    x, v = _xv()
+    z = torch.randn(4, 6, generator=torch.Generator().manual_seed(5))
+    out = flow_sde_step(x, v, 0.6, 0.4, 0.7, noise=z)
+    torch.testing.assert_close(out.x_next, out.mean + out.std[:, None] * z, atol=ATOL, rtol=0)
+    a = flow_sde_step(x, v, 0.6, 0.4, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a.x_next, out.x_next, atol=ATOL, rtol=0)
+
+
+def test_per_sample_sigmas_broadcast_over_5d_latents():
+    """Video latents [B, C, F, H, W] with a different sigma per sample equal per-sample calls."""
+    x, v = _xv((3, 2, 2, 3, 3))
+    sigma, sigma_next = torch.tensor([1.0, 0.7, 0.4]), torch.tensor([0.9, 0.5, 0.1])
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    out = flow_sde_step(x, v, sigma, sigma_next, noise=z)
+    for i in range(3):
+        one = flow_sde_step(
+            x[i : i + 1], v[i : i + 1], float(sigma[i]), float(sigma_next[i]), noise=z[i : i + 1]
+        )
+        torch.testing.assert_close(out.mean[i : i + 1], one.mean, atol=ATOL, rtol=0)
+        torch.testing.assert_close(out.log_prob[i : i + 1], one.log_prob, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_maths_is_float32_whatever_the_input_dtype(dtype):
+    x, v = _xv()
+    out = flow_sde_step(x.to(dtype), v.to(dtype), 0.6, 0.4)
+    assert {out.x_next.dtype, out.mean.dtype, out.std.dtype, out.log_prob.dtype} == {torch.float32}
+    ref = flow_sde_step(x.to(dtype).float(), v.to(dtype).float(), 0.6, 0.4, x_next=out.x_next)
+    torch.testing.assert_close(out.mean, ref.mean, atol=0, rtol=0)
+
+
+def test_cps_with_oracle_predictions_lands_on_the_marginal():
+    """With v = ε - x0 of the sample, x0_hat = x0 and eps_hat = ε, so one CPS step gives
+    x' = (1-σ')x0 + σ'(cos(ηπ/2) ε + sin(ηπ/2) z): the residual x' - (1-σ')x0 is σ' times a
+    standard normal (exactly, given z), i.e. mean 0 and std σ'."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps, z = (torch.randn(4096, 16, generator=g) for _ in range(3))
+    sigma, sigma_next, eta = 0.8, 0.5, 0.7
+    x = (1 - sigma) * x0 + sigma * eps
+    out = cps_step(x, eps - x0, sigma, sigma_next, eta, noise=z)
+    residual = out.x_next - (1 - sigma_next) * x0
+    a = eta * math.pi / 2
+    torch.testing.assert_close(
+        residual, sigma_next * (math.cos(a) * eps + math.sin(a) * z), atol=1e-5, rtol=0
+    )
+    assert abs(residual.mean().item()) < 0.01  # 65536 draws: standard error 0.002
+    assert abs(residual.std().item() - sigma_next) < 0.01
+
+
+def test_large_flow_sde_step_with_oracle_overshoots_the_marginal_noise():
+    """Same oracle, Flow-SDE σ 0.8 -> 0.5, η 0.7: x + (1-σ)v = ε, so the residual is
+    (σ' + g²Δ/(2σ)) ε + g sqrt(-Δ) z with g² = 0.49·4 = 1.96, Δ = -0.3: coefficients 0.1325 and
+    sqrt(0.588), total std sqrt(0.1325² + 0.588) = 0.7782, not σ' = 0.5."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps = (torch.randn(4096, 16, generator=g) for _ in range(2))
+    x = 0.2 * x0 + 0.8 * eps
+    out = flow_sde_step(x, eps - x0, 0.8, 0.5, 0.7, generator=g)
+    residual = out.x_next - 0.5 * x0
+    expected = math.sqrt(0.1325**2 + 1.96 * 0.3)
+    assert abs(expected - 0.7782) < 1e-4
+    assert abs(residual.std().item() - expected) < 0.01
+    assert abs(residual.mean().item()) < 0.01
+
+
+def test_cps_peer_parity_drops_the_variance_and_constant():
+    x, v = _xv()
+    x_next = x + 0.05 * v
+    ref = cps_step(x, v, 0.6, 0.3, 0.7, x_next=x_next)
+    out = cps_peer_parity_step(x, v, 0.6, 0.3, 0.7, x_next=x_next)
+    torch.testing.assert_close(out.log_prob, -((x_next - ref.mean) ** 2).mean(1), atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.mean, ref.mean, atol=0, rtol=0)
+
+
+def test_registry_and_unknown_sampler():
+    assert set(SAMPLERS) == {"ode", "flow_sde", "dance_sde", "cps", "cps_peer_parity"}
+    assert get_sampler("cps") is sde.cps_step
+    with pytest.raises(ValueError, match=r"sampler must be one of .*'flow_sde'.*got 'sdee'"):
+        get_sampler("sdee")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"v": torch.zeros(4, 5)}, "x and v must share a shape"),
+        ({"noise": torch.zeros(4, 5)}, "noise must have the shape of x"),
+        ({"x_next": torch.zeros(3, 6)}, "x_next must have the shape of x"),
+        ({"reduction": "max"}, "reduction must be one of"),
+        ({"sigma_next": 0.6}, "sigma_next must satisfy"),
+        ({"sigma": 1.2}, r"sigma must lie in \(0, 1\]"),
+        ({"sigma": torch.ones(3)}, r"sigma must be a float or a tensor of shape \[4\]"),
+        ({"eta": -0.1}, "eta must be a finite number >= 0"),
+    ],
+)
+def test_bad_inputs_raise_value_errors_naming_the_argument(kwargs, match):
+    x, v = _xv()
+    args = {"x": x, "v": v, "sigma": 0.6, "sigma_next": 0.4, "eta": 0.7, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        flow_sde_step(
+            args.pop("x"), args.pop("v"), args.pop("sigma"), args.pop("sigma_next"), **args
+        )
+
+
+def test_cps_rejects_eta_above_one():
+    x, v = _xv()
+    with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\] for CPS"):
+        cps_step(x, v, 0.6, 0.4, 1.5)
