@@ -1,0 +1,192 @@
+"""The part of ``SD3Policy``/``FluxPolicy`` that is the same for every diffusers family.
+
+A subclass names its ``pipeline_class`` and implements four things: ``_encode_uncached`` (prompts to
+conditioning tensors, through the pipeline's own ``encode_prompt``), ``_velocity`` (one
+transformer call in the model dtype), ``_latent_hw`` (latent height/width for a resolution) and
+``sigmas``. Everything else (loading, precision, LoRA/full fine-tuning, caching, offload, decode,
+reference model) is here, so the two family files stay small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
+
+import torch
+
+from flowdppo.models._diffusers_common import (
+    PromptCache,
+    autocast_context,
+    decode_latents,
+    encoders_on,
+    freeze,
+    load_pipeline,
+    move,
+    prepare_transformer,
+    reference_context,
+    resolve_dtype,
+)
+from flowdppo.models.base import Cond
+
+
+class DiffusersPolicy:
+    """Shared implementation of the ``Policy`` protocol over a diffusers pipeline.
+
+    The pipeline's modules are owned by the policy after construction (LoRA is injected into
+    ``pipeline.transformer`` in place), so ``policy.pipeline`` can still be called for
+    evaluation with the trained weights.
+    """
+
+    text_encoder_names: ClassVar[tuple[str, ...]]
+    default_max_sequence_length: ClassVar[int]
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_pipeline: Any,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        lora_rank: int = 32,
+        lora_alpha: float = 64,
+        lora_target_modules: list[str] | None = None,
+        full_finetune: bool = False,
+        gradient_checkpointing: bool = False,
+        offload_text_encoders: bool = False,
+        resolution: int | None = None,
+        max_sequence_length: int | None = None,
+    ):
+        """Build the policy from a pipeline object, a pipeline folder or a cached hub id.
+
+        ``dtype`` None: bf16 (fp16 if unsupported) on GPU, float32 on CPU; the VAE always runs in
+        float32. ``lora_target_modules`` None: the attention projections. ``full_finetune``
+        trains every transformer weight (float32 master weights, autocast to ``dtype``) and keeps
+        a frozen copy as reference. ``offload_text_encoders`` keeps the text encoders on the CPU
+        except while encoding new prompts. ``resolution`` None: the pipeline's default size.
+        """
+        device = torch.device(device)
+        dtype = resolve_dtype(device, dtype)
+        pipeline = load_pipeline(cls.pipeline_class(), path_or_pipeline, dtype)
+        return cls(
+            pipeline,
+            device=device,
+            dtype=dtype,
+            resolution=resolution,
+            max_sequence_length=max_sequence_length or cls.default_max_sequence_length,
+            offload_text_encoders=offload_text_encoders,
+            train_options={
+                "lora_rank": lora_rank,
+                "lora_alpha": lora_alpha,
+                "lora_target_modules": lora_target_modules,
+                "full_finetune": full_finetune,
+                "gradient_checkpointing": gradient_checkpointing,
+            },
+        )
+
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        resolution: int | None,
+        max_sequence_length: int,
+        offload_text_encoders: bool,
+        train_options: dict[str, Any],
+    ) -> None:
+        self.pipeline = pipeline
+        self._device = device
+        self.dtype = dtype
+        self.full_finetune = bool(train_options["full_finetune"])
+        self.offload_text_encoders = offload_text_encoders
+        self.max_sequence_length = max_sequence_length
+        self.resolution = resolution or pipeline.default_sample_size * pipeline.vae_scale_factor
+        self._latent_shape = self._check_shapes()
+        encoders = [getattr(pipeline, n, None) for n in self.text_encoder_names]
+        freeze(pipeline.vae, *encoders)
+        move(pipeline.vae, device, torch.float32)
+        for encoder in encoders:
+            if encoder is not None:
+                move(encoder, torch.device("cpu") if offload_text_encoders else device, dtype)
+        self.transformer = move(pipeline.transformer, device, dtype).eval()
+        self._reference = prepare_transformer(self.transformer, **train_options)
+        self._cache = PromptCache()
+
+    @classmethod
+    def pipeline_class(cls) -> type:
+        """The diffusers pipeline class (imported lazily: diffusers is an optional extra)."""
+        raise NotImplementedError
+
+    def _check_shapes(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def _encode_uncached(self, prompts: list[str]) -> Cond:
+        raise NotImplementedError
+
+    def _velocity(
+        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance_scale: float
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- the Policy protocol -------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self._latent_shape
+
+    def encode_prompts(self, prompts: list[str]) -> Cond:
+        """Conditioning for ``prompts`` (model dtype, on ``device``); each prompt encoded once."""
+        encoders = [getattr(self.pipeline, n, None) for n in self.text_encoder_names]
+
+        def encode(new: list[str]) -> Cond:
+            with torch.no_grad(), encoders_on(self.device, self.offload_text_encoders, *encoders):
+                return self._encode_uncached(new)
+
+        return self._cache.get(list(prompts) if not isinstance(prompts, str) else prompts, encode)
+
+    def velocity(
+        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance_scale: float = 1.0
+    ) -> torch.Tensor:
+        """``v`` for ``latents`` [B, *latent_shape] at ``sigma`` [B]; float32 [B, *latent_shape]."""
+        if tuple(latents.shape[1:]) != self.latent_shape:
+            raise ValueError(
+                f"latents have shape {tuple(latents.shape)}; this policy expects "
+                f"[B, {', '.join(map(str, self.latent_shape))}] (resolution {self.resolution})"
+            )
+        batch = latents.shape[0]
+        sigma = torch.as_tensor(sigma, device=self.device, dtype=torch.float32).reshape(-1)
+        sigma = sigma.expand(batch) if sigma.numel() == 1 else sigma
+        if sigma.shape != (batch,) or any(v.shape[0] != batch for v in cond.values()):
+            raise ValueError(
+                f"batch mismatch: latents {batch}, sigma {tuple(sigma.shape)}, "
+                f"cond {[tuple(v.shape) for v in cond.values()]}"
+            )
+        with autocast_context(self.device, self.dtype, self.full_finetune):
+            v = self._velocity(latents.to(self.device), sigma, cond, guidance_scale)
+        return v.float()
+
+    def initial_noise(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Standard-normal latents [B, *latent_shape], float32, on the generator's device."""
+        shape = (batch_size, *self.latent_shape)
+        return torch.randn(shape, generator=generator, device=generator.device)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents to [0, 1] images [B, 3, resolution, resolution] (VAE in float32, no grad)."""
+        return decode_latents(self.pipeline.vae, latents)
+
+    def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
+        """LoRA weights (float32), or every transformer weight for full fine-tuning."""
+        return (p for p in self.transformer.parameters() if p.requires_grad)
+
+    def reference(self) -> AbstractContextManager[None]:
+        """The base model: LoRA disabled, or the frozen pre-training copy (full fine-tuning)."""
+        return reference_context(self)
+
+    @property
+    def num_cached_prompts(self) -> int:
+        return len(self._cache)

@@ -1,0 +1,246 @@
+"""Tiny random diffusers pipelines (SD3, FLUX), built offline and saved to a folder.
+
+Every component comes from a small config (no hub access); the tokenizers are written as files
+(a byte-level CLIP ``vocab.json`` + ``merges.txt``; a T5 ``tokenizer.json`` built with the
+``tokenizers`` library) and loaded back with ``from_pretrained``. The builders return the folder
+written by ``pipeline.save_pretrained``, so tests can pass a path or load the pipeline themselves.
+
+Dimensions that must agree (the pipelines do not check them):
+- T5 ``d_model`` = transformer ``joint_attention_dim`` ≥ the two CLIP hidden sizes added (SD3
+  pads the concatenated CLIP token embeddings to the T5 width);
+- SD3 ``pooled_projection_dim`` = sum of the CLIP projection dims; FLUX's = the CLIP hidden size
+  (it uses the pooled output of a ``CLIPTextModel``, not a projection);
+- CLIP ``eos_token_id`` = the tokenizer's end id (the pooled token is found by that id);
+- FLUX ``in_channels`` = 4 × VAE latent channels (2×2 packing) and ``sum(axes_dims_rope)`` =
+  ``attention_head_dim``; SD3 ``caption_projection_dim`` = heads × head dim.
+
+Usage: ``path = build_tiny_sd3(tmp_path)``; images are ``RESOLUTION`` pixels square, latents
+``RESOLUTION // 2`` (two VAE blocks), prompts at most ``MAX_SEQUENCE_LENGTH`` T5 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+RESOLUTION = 16
+MAX_SEQUENCE_LENGTH = 8
+CLIP_MAX_LENGTH = 12
+_T5_WIDTH = 32
+_WORDS = [
+    "a",
+    "an",
+    "the",
+    "red",
+    "green",
+    "blue",
+    "small",
+    "big",
+    "circle",
+    "square",
+    "triangle",
+    "cat",
+    "dog",
+    "on",
+    "of",
+    "and",
+]
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2/CLIP convention)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def _write_clip_tokenizer(folder: Path) -> int:
+    """A byte-level CLIP BPE: every byte (plain and word-final), a few merges. Returns vocab size."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = _byte_symbols()
+    tokens = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
+    merges = ["r e</w>", "c a", "ca t</w>"]
+    tokens += ["re</w>", "ca", "cat</w>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer.from_pretrained(folder, model_max_length=CLIP_MAX_LENGTH)
+    tok.save_pretrained(folder)
+    return len(tokens)
+
+
+def _write_t5_tokenizer(folder: Path) -> int:
+    """A Unigram T5 tokenizer.json (pad 0, eos 1, unk 2) over a small word list."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(chr(c), -5.0) for c in range(ord("a"), ord("z") + 1)]
+    vocab += [("▁" + w, -1.0) for w in _WORDS]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "extra_ids": 0}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    loaded = T5TokenizerFast.from_pretrained(folder, extra_ids=0)
+    loaded.save_pretrained(folder)
+    return len(vocab)
+
+
+def _clip_encoder(folder: Path, hidden: int, projection: bool, seed: int):
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
+
+    vocab_size = _write_clip_tokenizer(folder)
+    tok = CLIPTokenizer.from_pretrained(folder)
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        projection_dim=hidden,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+    return tok, model.eval()
+
+
+def _t5_encoder(folder: Path, seed: int):
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    vocab_size = _write_t5_tokenizer(folder)
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=_T5_WIDTH,
+        d_kv=8,
+        d_ff=48,
+        num_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    torch.manual_seed(seed)
+    return T5TokenizerFast.from_pretrained(folder), T5EncoderModel(config).eval()
+
+
+def _vae(latent_channels: int, seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=2,
+        sample_size=RESOLUTION,
+        scaling_factor=1.5,
+        shift_factor=0.06,
+    ).eval()
+
+
+def build_tiny_sd3(tmp_path: Path, seed: int = 0) -> Path:
+    """Build and save a tiny random ``StableDiffusion3Pipeline``; returns its folder."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    work = Path(tmp_path) / "sd3_parts"
+    tok1, enc1 = _clip_encoder(work / "tok1", hidden=8, projection=True, seed=seed + 1)
+    tok2, enc2 = _clip_encoder(work / "tok2", hidden=12, projection=True, seed=seed + 2)
+    tok3, enc3 = _t5_encoder(work / "tok3", seed=seed + 3)
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=RESOLUTION // 2,
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=_T5_WIDTH,
+        caption_projection_dim=16,
+        pooled_projection_dim=8 + 12,
+        out_channels=4,
+        pos_embed_max_size=RESOLUTION // 2,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(latent_channels=4, seed=seed + 4),
+        text_encoder=enc1,
+        tokenizer=tok1,
+        text_encoder_2=enc2,
+        tokenizer_2=tok2,
+        text_encoder_3=enc3,
+        tokenizer_3=tok3,
+    )
+    out = Path(tmp_path) / "tiny_sd3"
+    pipe.save_pretrained(out)
+    return out
+
+
+def build_tiny_flux(tmp_path: Path, seed: int = 0) -> Path:
+    """Build and save a tiny random ``FluxPipeline`` (guidance-distilled, like FLUX.1-dev)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    work = Path(tmp_path) / "flux_parts"
+    tok1, enc1 = _clip_encoder(work / "tok1", hidden=16, projection=False, seed=seed + 1)
+    tok2, enc2 = _t5_encoder(work / "tok2", seed=seed + 2)
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * 4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=_T5_WIDTH,
+        pooled_projection_dim=16,
+        guidance_embeds=True,
+        axes_dims_rope=(2, 2, 4),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=4,
+        max_image_seq_len=64,
+    )
+    pipe = FluxPipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=_vae(latent_channels=4, seed=seed + 4),
+        text_encoder=enc1,
+        tokenizer=tok1,
+        text_encoder_2=enc2,
+        tokenizer_2=tok2,
+    )
+    out = Path(tmp_path) / "tiny_flux"
+    pipe.save_pretrained(out)
+    return out
