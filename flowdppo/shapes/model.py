@@ -1,0 +1,177 @@
+"""The Shapes base model: a small text-conditioned flow-matching transformer in pixel space.
+
+Layout (SHAPES.md, "The base model"):
+- a word-level text encoder of its own (2 transformer layers), prompt dropout → a null prompt;
+- a conv stem, then 8×8 patches → 16 image tokens, one per grid cell (objects are cell-local);
+- DiT blocks with joint self-attention over [text tokens; image tokens] and adaLN-Zero
+  modulation by the noise level σ and the pooled prompt;
+- a conv head that sees the un-patched tokens, the stem features and the noisy input (a skip),
+  modulated by the same conditioning vector. Output: the velocity ``v = eps - x0``.
+Pixels are in [-1, 1] inside the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowdppo.shapes.world import CELL, COLORS, GRID, IMAGE_SIZE, SHAPES
+
+WORDS = (
+    ["<pad>", "<null>", "a", "two", "three", "four", "and", "to", "the", "left", "right", "of"]
+    + ["above", "below", *COLORS, *SHAPES, *(s + "s" for s in SHAPES)]
+)
+PAD, NULL = 0, 1
+
+
+@dataclass
+class ShapesModelConfig:
+    """Architecture of the Shapes model (saved beside its weights)."""
+
+    width: int = 192
+    depth: int = 4
+    heads: int = 6
+    text_width: int = 128
+    text_depth: int = 2
+    max_tokens: int = 12
+    stem_channels: int = 16
+    head_channels: int = 32
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def tokenize(prompts: list[str], max_tokens: int) -> torch.Tensor:
+    """Word ids [B, max_tokens] (0 = padding); the empty prompt is the single ``<null>`` token."""
+    ids = torch.zeros(len(prompts), max_tokens, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        words = p.lower().split()
+        if not words:
+            ids[i, 0] = NULL
+            continue
+        if len(words) > max_tokens:
+            raise ValueError(f"prompt {p!r}: {len(words)} words > max_tokens={max_tokens}")
+        for j, w in enumerate(words):
+            if w not in WORDS:
+                raise ValueError(f"prompt {p!r}: unknown word {w!r} (Shapes vocabulary: {WORDS[2:]})")
+            ids[i, j] = WORDS.index(w)
+    return ids
+
+
+class TextEncoder(nn.Module):
+    """Word embeddings + positions + a small transformer encoder."""
+
+    def __init__(self, cfg: ShapesModelConfig):
+        super().__init__()
+        self.embed = nn.Embedding(len(WORDS), cfg.text_width)
+        self.pos = nn.Parameter(torch.randn(cfg.max_tokens, cfg.text_width) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            cfg.text_width, 4, 4 * cfg.text_width, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.text_depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.text_width)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids [B, L] → (tokens [B, L, text_width], mask [B, L] True where a real token)."""
+        mask = ids != PAD
+        h = self.embed(ids) + self.pos[: ids.shape[1]]
+        h = self.encoder(h, src_key_padding_mask=~mask)
+        return self.norm(h), mask
+
+
+def timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of 1000·σ: [B] → [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device) / half)
+    args = 1000.0 * sigma.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Block(nn.Module):
+    """A DiT block with joint attention and adaLN-Zero modulation."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False)
+        self.fc1 = nn.Linear(width, 4 * width)
+        self.fc2 = nn.Linear(4 * width, width)
+        self.ada = nn.Linear(width, 6 * width)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """h [B, L, W], c [B, W], attn_mask [B, 1, 1, L] (True = attend) → [B, L, W]."""
+        b, n, w = h.shape
+        s1, g1, a1, s2, g2, a2 = self.ada(F.silu(c))[:, None].chunk(6, dim=-1)
+        x = self.norm1(h) * (1 + g1) + s1
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, heads, L, W/heads]
+        h = h + a1 * self.proj(o.transpose(1, 2).reshape(b, n, w))
+        x = self.norm2(h) * (1 + g2) + s2
+        return h + a2 * self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class ShapesFlowModel(nn.Module):
+    """Velocity model ``v(x_σ, σ, prompt)`` for 32×32 RGB images in [-1, 1]."""
+
+    def __init__(self, cfg: ShapesModelConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or ShapesModelConfig()
+        w, cs, ch = cfg.width, cfg.stem_channels, cfg.head_channels
+        self.text = TextEncoder(cfg)
+        self.text_proj = nn.Linear(cfg.text_width, w)
+        self.stem = nn.Sequential(nn.Conv2d(3, cs, 3, padding=1), nn.SiLU(), nn.Conv2d(cs, cs, 3, padding=1))
+        self.patch = nn.Conv2d(cs, w, CELL, stride=CELL)
+        self.img_pos = nn.Parameter(torch.randn(GRID * GRID, w) * 0.02)
+        self.txt_type = nn.Parameter(torch.zeros(w))
+        self.t_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+        self.pool_mlp = nn.Sequential(nn.Linear(cfg.text_width, w), nn.SiLU(), nn.Linear(w, w))
+        self.blocks = nn.ModuleList(Block(w, cfg.heads) for _ in range(cfg.depth))
+        self.out_norm = nn.LayerNorm(w, elementwise_affine=False)
+        self.out_ada = nn.Linear(w, 2 * w)
+        self.unpatch = nn.Linear(w, CELL * CELL * cs)
+        self.head_in = nn.Conv2d(2 * cs + 3, ch, 3, padding=1)
+        self.head_norm = nn.GroupNorm(8, ch, affine=False)
+        self.head_ada = nn.Linear(w, 2 * ch)
+        self.head_out = nn.Conv2d(ch, 3, 3, padding=1)
+        for lin in (self.out_ada, self.head_ada):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        nn.init.zeros_(self.head_out.weight)
+        nn.init.zeros_(self.head_out.bias)
+
+    def encode_text(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Word ids [B, L] → conditioning {"text": [B, L, text_width], "mask": [B, L] bool}."""
+        tokens, mask = self.text(ids)
+        return {"text": tokens, "mask": mask}
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, 3, 32, 32], sigma [B], text [B, L, Tw], mask [B, L] → v [B, 3, 32, 32]."""
+        b = x.shape[0]
+        cs = self.cfg.stem_channels
+        m = mask.float()[..., None]
+        pooled = (text * m).sum(1) / m.sum(1).clamp_min(1.0)  # [B, Tw]
+        c = self.t_mlp(timestep_embedding(sigma, self.cfg.width)) + self.pool_mlp(pooled)  # [B, W]
+        feats = self.stem(x)  # [B, cs, 32, 32]
+        img = self.patch(feats).flatten(2).transpose(1, 2) + self.img_pos  # [B, 16, W]
+        txt = self.text_proj(text) + self.txt_type  # [B, L, W]
+        h = torch.cat([txt, img], dim=1)  # [B, L + 16, W]
+        keep = torch.cat([mask, mask.new_ones(b, img.shape[1])], dim=1)[:, None, None, :]
+        for blk in self.blocks:
+            h = blk(h, c, keep)
+        shift, scale = self.out_ada(F.silu(c))[:, None].chunk(2, dim=-1)
+        h = self.out_norm(h[:, txt.shape[1] :]) * (1 + scale) + shift  # [B, 16, W]
+        p = self.unpatch(h).view(b, GRID, GRID, cs, CELL, CELL)  # [B, row, col, cs, y, x]
+        p = p.permute(0, 3, 1, 4, 2, 5).reshape(b, cs, IMAGE_SIZE, IMAGE_SIZE)
+        y = self.head_in(torch.cat([p, feats, x], dim=1))  # [B, ch, 32, 32]
+        hs, hg = self.head_ada(F.silu(c))[:, :, None, None].chunk(2, dim=1)
+        y = F.silu(self.head_norm(y) * (1 + hg) + hs)
+        return self.head_out(y)
