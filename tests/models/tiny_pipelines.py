@@ -2,8 +2,8 @@
 
 Every component comes from a small config (no hub access); the tokenizers are written as files
 (a byte-level CLIP ``vocab.json`` + ``merges.txt``; a T5 ``tokenizer.json`` built with the
-``tokenizers`` library) and loaded back with ``from_pretrained``. The builders return the folder
-written by ``pipeline.save_pretrained``, so tests can pass a path or load the pipeline themselves.
+``tokenizers`` library) and loaded back with ``from_pretrained``. ``build_tiny_*`` return the folder
+written by ``pipeline.save_pretrained``; ``make_tiny_*`` return the in-memory pipeline.
 
 Dimensions that must agree (the pipelines do not check them):
 - T5 ``d_model`` = transformer ``joint_attention_dim`` ≥ the two CLIP hidden sizes added (SD3
@@ -164,6 +164,20 @@ def _vae(latent_channels: int, seed: int):
 
 def build_tiny_sd3(tmp_path: Path, seed: int = 0) -> Path:
     """Build and save a tiny random ``StableDiffusion3Pipeline``; returns its folder."""
+    out = Path(tmp_path) / "tiny_sd3"
+    make_tiny_sd3(tmp_path, seed).save_pretrained(out)
+    return out
+
+
+def build_tiny_flux(tmp_path: Path, seed: int = 0) -> Path:
+    """Build and save a tiny random ``FluxPipeline`` (guidance-distilled, like FLUX.1-dev)."""
+    out = Path(tmp_path) / "tiny_flux"
+    make_tiny_flux(tmp_path, seed).save_pretrained(out)
+    return out
+
+
+def make_tiny_sd3(tmp_path: Path, seed: int = 0):
+    """A tiny random in-memory ``StableDiffusion3Pipeline`` (tokenizer files under tmp_path)."""
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
@@ -188,7 +202,7 @@ def build_tiny_sd3(tmp_path: Path, seed: int = 0) -> Path:
         out_channels=4,
         pos_embed_max_size=RESOLUTION // 2,
     )
-    pipe = StableDiffusion3Pipeline(
+    return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_vae(latent_channels=4, seed=seed + 4),
@@ -199,13 +213,10 @@ def build_tiny_sd3(tmp_path: Path, seed: int = 0) -> Path:
         text_encoder_3=enc3,
         tokenizer_3=tok3,
     )
-    out = Path(tmp_path) / "tiny_sd3"
-    pipe.save_pretrained(out)
-    return out
 
 
-def build_tiny_flux(tmp_path: Path, seed: int = 0) -> Path:
-    """Build and save a tiny random ``FluxPipeline`` (guidance-distilled, like FLUX.1-dev)."""
+def make_tiny_flux(tmp_path: Path, seed: int = 0):
+    """A tiny random in-memory ``FluxPipeline`` (tokenizer files under tmp_path)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     work = Path(tmp_path) / "flux_parts"
@@ -232,7 +243,7 @@ def build_tiny_flux(tmp_path: Path, seed: int = 0) -> Path:
         base_image_seq_len=4,
         max_image_seq_len=64,
     )
-    pipe = FluxPipeline(
+    return FluxPipeline(
         transformer=transformer,
         scheduler=scheduler,
         vae=_vae(latent_channels=4, seed=seed + 4),
@@ -241,6 +252,3 @@ def build_tiny_flux(tmp_path: Path, seed: int = 0) -> Path:
         text_encoder_2=enc2,
         tokenizer_2=tok2,
     )
-    out = Path(tmp_path) / "tiny_flux"
-    pipe.save_pretrained(out)
-    return out

@@ -1,0 +1,116 @@
+"""Export a trained policy so that plain diffusers can use it (``flowdppo export``).
+
+- ``export_lora(policy, out_dir)``: the LoRA in diffusers' format, written by the pipeline
+  class's own ``save_lora_weights``: ``pytorch_lora_weights.safetensors`` with keys
+  ``transformer.<module>.lora_A.weight`` / ``lora_B.weight`` and the adapter metadata (rank,
+  alpha, target modules) in the safetensors header. Then
+  ``pipe.load_lora_weights(out_dir)`` reproduces the policy's images. The metadata matters:
+  without it diffusers assumes ``alpha = rank`` and scales the update by 1 instead of
+  ``alpha / rank``.
+- ``export_lora_weights(lora_sd, ...)``: the same from a checkpoint's ``lora_state_dict`` and the
+  LoRA settings, without building the model (what the CLI needs for ``--run DIR``).
+- ``export_full(policy, out_dir)``: a full fine-tune as a ``transformer/`` folder
+  (``save_pretrained``), to be loaded with ``<Transformer>.from_pretrained(out_dir,
+  subfolder="transformer")`` and passed to the pipeline.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowdppo.models.lora import ADAPTER_NAME, has_lora, lora_config, lora_state_dict
+
+EXPORT_INFO = "flowdppo_export.json"
+
+
+def _pipeline_class(family: str) -> type:
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    classes = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}
+    if family not in classes:
+        raise ValueError(f"export: family must be one of {sorted(classes)}, got {family!r}")
+    return classes[family]
+
+
+def _family(policy: Any) -> str:
+    name = policy.pipeline_class().__name__
+    return {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}[name]
+
+
+def to_diffusers_keys(lora_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``blocks.0.attn.to_q.lora_A.default.weight`` -> ``blocks.0.attn.to_q.lora_A.weight``.
+
+    (diffusers' ``save_lora_weights`` then adds the ``transformer.`` prefix.)
+    """
+    tag = f".{ADAPTER_NAME}."
+    out = {}
+    for key, value in lora_sd.items():
+        if tag not in key:
+            raise KeyError(f"export: {key!r} is not a LoRA weight of adapter {ADAPTER_NAME!r}")
+        out[key.replace(tag, ".")] = value.detach().to("cpu", torch.float32).contiguous()
+    return out
+
+
+def export_lora_weights(
+    lora_sd: dict[str, torch.Tensor],
+    out_dir: str | Path,
+    *,
+    family: str,
+    metadata: dict[str, Any],
+) -> Path:
+    """Write ``lora_sd`` (keys of ``lora_state_dict``) as a diffusers LoRA folder.
+
+    ``metadata``: the peft ``LoraConfig.to_dict()`` of the adapter (at least ``r``,
+    ``lora_alpha`` and ``target_modules``).
+    """
+    missing = {"r", "lora_alpha", "target_modules"} - set(metadata)
+    if missing:
+        raise ValueError(f"export: LoRA metadata lacks {sorted(missing)}")
+    pipeline_cls = _pipeline_class(family)
+    if (
+        "transformer_lora_adapter_metadata"
+        not in inspect.signature(pipeline_cls.save_lora_weights).parameters
+    ):
+        raise RuntimeError(
+            "export: this diffusers cannot store LoRA metadata (rank/alpha); upgrade diffusers "
+            "(>= 0.35) or the exported LoRA would load with the wrong scale"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in metadata.items()}
+    pipeline_cls.save_lora_weights(
+        out,
+        transformer_lora_layers=to_diffusers_keys(lora_sd),
+        transformer_lora_adapter_metadata=meta,
+        safe_serialization=True,
+    )
+    info = {"family": family, "kind": "lora", "rank": meta["r"], "alpha": meta["lora_alpha"]}
+    (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def export_lora(policy: Any, out_dir: str | Path) -> Path:
+    """Export a LoRA policy (``SD3Policy``/``FluxPolicy``) for ``pipe.load_lora_weights``."""
+    if not has_lora(policy.transformer):
+        raise ValueError("export_lora: this policy has no LoRA (full fine-tune? use export_full)")
+    metadata = lora_config(policy.transformer).to_dict()
+    return export_lora_weights(
+        lora_state_dict(policy.transformer), out_dir, family=_family(policy), metadata=metadata
+    )
+
+
+def export_full(policy: Any, out_dir: str | Path) -> Path:
+    """Export a fully fine-tuned transformer as ``out_dir/transformer`` (``save_pretrained``)."""
+    if has_lora(policy.transformer):
+        raise ValueError("export_full: this policy trains a LoRA; use export_lora")
+    out = Path(out_dir)
+    policy.transformer.save_pretrained(out / "transformer", safe_serialization=True)
+    info = {"family": _family(policy), "kind": "full", "subfolder": "transformer"}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return out
