@@ -152,5 +152,7 @@ def recompute_step(
     """
     kernel = get_sampler(sampler)
     sigma_b = per_sample(sigma, x.shape[0], x.device, "sigma")
-    v = velocity_fn(x.float(), sigma_b)
+    # Contiguous float32 like the state in ``sample``: a strided slice of the stored [B, K, ...]
+    # tensor can take another matmul path and differ in the last bit (breaking ρ = 1 exactly).
+    v = velocity_fn(x.float().contiguous(), sigma_b)
     return kernel(x, v, sigma_b, sigma_next, eta, x_next=x_next, reduction=reduction)
