@@ -76,9 +76,7 @@ def test_server_killed_and_restarted_mid_run(start_server, caplog):
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
-def test_unreachable_server_fails_after_bounded_retries():
-    from tests.rewards.conftest import free_port
-
+def test_unreachable_server_fails_after_bounded_retries(free_port):
     remote = build_reward(
         "remote", url=f"http://127.0.0.1:{free_port()}", retries=2, backoff_s=0.01
     )
