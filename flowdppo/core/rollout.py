@@ -85,6 +85,7 @@ def sample(
     eta: float = 0.7,
     train_steps: Iterable[int] = (),
     generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
     reduction: str = "mean",
 ) -> RolloutOutput:
     """Denoise ``latents`` along ``sigmas``; stochastic and stored at ``train_steps`` only.
@@ -99,6 +100,9 @@ def sample(
         sigmas: schedule [T + 1] (validated by ``model_sigmas``; a missing final 0 is appended).
         sampler: a key of ``SAMPLERS``; eta: its noise level.
         train_steps: distinct indices in [0, T).
+        noise: optional [B, K, ...] standard-normal noise of the K trained steps (then
+            ``generator`` is unused). Drawing it per sample outside makes a sample independent of
+            how the batch is split across processes or forward passes.
         reduction: log-prob reduction, "mean" or "sum".
     Returns:
         RolloutOutput with K = len(train_steps).
@@ -109,13 +113,20 @@ def sample(
     train = _train_set(train_steps, num_steps, sampler)
     x = latents.float()
     batch = x.shape[0]
+    if noise is not None and tuple(noise.shape) != (batch, len(train), *x.shape[1:]):
+        raise ValueError(
+            f"noise must have shape {[batch, len(train), *x.shape[1:]]} (B, K, latent), got {list(noise.shape)}"
+        )
     records: list[StepOutput] = []
     xs: list[Tensor] = []
     for i in range(num_steps):
         sigma, sigma_next = sig[i].expand(batch), sig[i + 1].expand(batch)
         v = velocity_fn(x, sigma)
         if i in train:
-            out = kernel(x, v, sigma, sigma_next, eta, generator=generator, reduction=reduction)
+            z = None if noise is None else noise[:, len(records)]
+            out = kernel(
+                x, v, sigma, sigma_next, eta, noise=z, generator=generator, reduction=reduction
+            )
             xs.append(x)
             records.append(out)
         else:

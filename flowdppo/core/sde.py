@@ -83,7 +83,10 @@ def gaussian_log_prob(
             f"x and mean must have the same shape, got {list(x.shape)} and {list(mean.shape)}"
         )
     x32, mean32 = x.float(), mean.float()
-    s = expand_like(per_sample(std, x.shape[0], x.device, "std"), x32)
+    std_b = per_sample(std, x.shape[0], x.device, "std")
+    if not (std_b > 0).all():
+        raise ValueError(f"std must be > 0, got {std_b.tolist()}")
+    s = expand_like(std_b, x32)
     elem = -((x32 - mean32) ** 2) / (2.0 * s**2) - torch.log(s) - 0.5 * _LOG_2PI
     return reduce_over_sample(elem, reduction)
 

@@ -226,6 +226,16 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(kwargs, match):
         )
 
 
+def test_gaussian_log_prob_rejects_bad_std_and_shapes():
+    x, mean = _xv()
+    with pytest.raises(ValueError, match="std must be > 0"):
+        gaussian_log_prob(x, mean, 0.0)
+    with pytest.raises(ValueError, match="x and mean must have the same shape"):
+        gaussian_log_prob(x, mean[:2], 1.0)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        gaussian_log_prob(x, mean, 1.0, "none")
+
+
 def test_cps_rejects_eta_above_one():
     x, v = _xv()
     with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\] for CPS"):
