@@ -178,3 +178,45 @@ def test_build_rewards_rejects_duplicates_and_empty():
         build_rewards([{"name": "jpeg_compressibility"}, {"name": "jpeg_compressibility"}])
     with pytest.raises(ValueError, match="at least one reward"):
         build_rewards([])
+
+
+class MetaReward:
+    """Score = metadata[key] (NaN allowed), to feed hand-chosen rewards through compute_rewards."""
+
+    def __init__(self, key: str):
+        self.key, self.name, self.batch_size, self.device = key, key, 2, torch.device("cpu")
+
+    def __call__(self, images, prompts, metadata):
+        return RewardOutput(scores=torch.tensor([m[self.key] for m in metadata]))
+
+
+def _hand_batch():
+    """Groups (0, 0, 1, 1, 1); reward a = (1, 3, 2, 2, ·), b = (0, 2, 4, 0, NaN): sample 4 drops."""
+    a, b = [1.0, 3.0, 2.0, 2.0, 5.0], [0.0, 2.0, 4.0, 0.0, float("nan")]
+    meta = [{"a": x, "b": y} for x, y in zip(a, b, strict=True)]
+    rewards = [LoadedReward("a", 0.5, MetaReward("a")), LoadedReward("b", 2.0, MetaReward("b"))]
+    out = compute_rewards(rewards, torch.zeros(5, 3, 2, 2), ["p"] * 5, meta, on_error="drop")
+    group_ids = torch.tensor([0, 0, 1, 1, 1])
+    return out.matrix()[out.valid], group_ids[out.valid], out
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "expected"),
+    [
+        # sum: r = 0.5a + 2b = (0.5, 5.5, 5, 1); groups (0.5, 5.5) mean 3 std 2.5, (5, 1) mean 3 std 2.
+        ("sum", [-1.0, 1.0, 1.0, -1.0]),
+        # gdpo: a → (-1, 1, 0, 0) (group 1 constant), b → (-1, 1, 1, -1); 0.5a + 2b =
+        # (-2.5, 2.5, 2, -2), batch mean 0, std sqrt(20.5 / 4).
+        ("gdpo", [v / (20.5 / 4) ** 0.5 for v in (-2.5, 2.5, 2.0, -2.0)]),
+    ],
+)
+def test_multi_reward_weighting_matches_hand_computation(aggregate, expected):
+    from flowdppo.core.advantages import group_advantages
+
+    matrix, group_ids, out = _hand_batch()
+    assert out.valid.tolist() == [True, True, True, True, False]
+    assert torch.isfinite(matrix).all()  # the NaN sample never reaches the advantages
+    adv = group_advantages(
+        matrix, group_ids, weights=out.weights, std_mode="group", aggregate=aggregate
+    )
+    torch.testing.assert_close(adv, torch.tensor(expected), rtol=0, atol=1e-6)
