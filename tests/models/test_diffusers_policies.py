@@ -188,3 +188,23 @@ def test_missing_hub_id_fails_fast_with_download_hint(monkeypatch, tmp_path) -> 
         SD3Policy.from_pretrained(str(tmp_path / "missing_folder"))
     with pytest.raises(TypeError, match="folder or a hub id"):
         SD3Policy.from_pretrained(42)
+
+
+@pytest.mark.parametrize("full_finetune", [False, True])
+def test_trainable_state_dict_roundtrip(family, full_finetune) -> None:
+    source = family.policy(full_finetune=full_finetune)
+    with torch.no_grad():
+        for p in source.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    state = {k: v.clone() for k, v in source.trainable_state_dict().items()}
+    assert len(state) == len(list(source.trainable_parameters()))
+    target = family.policy(full_finetune=full_finetune)
+    target.load_trainable_state_dict(state)
+    cond = target.encode_prompts(PROMPTS)
+    x = target.initial_noise(2, torch.Generator().manual_seed(0))
+    sigma = torch.full((2,), 0.5)
+    torch.testing.assert_close(
+        target.velocity(x, sigma, cond), source.velocity(x, sigma, cond), rtol=0, atol=0
+    )
+    with pytest.raises(KeyError, match="missing"):
+        target.load_trainable_state_dict(dict(list(state.items())[1:]))
