@@ -36,9 +36,19 @@ DEFAULT_LORA_TARGETS = [
 ]
 
 
-def resolve_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
-    """bf16 on a GPU that supports it, else fp16 on GPU, float32 on CPU (when ``dtype`` is None)."""
-    if dtype is not None:
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype:
+    """bf16 on a GPU that supports it, else fp16 on GPU, float32 on CPU (``None``/``"auto"``).
+
+    Also accepts the config's names ``"float32"``, ``"bfloat16"``, ``"float16"``.
+    """
+    if isinstance(dtype, str) and dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+        return _DTYPES[dtype]
+    if isinstance(dtype, torch.dtype):
         return dtype
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -48,7 +48,7 @@ class DiffusersPolicy:
         path_or_pipeline: Any,
         *,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         lora_rank: int = 32,
         lora_alpha: float = 64,
         lora_target_modules: list[str] | None = None,
@@ -60,8 +60,8 @@ class DiffusersPolicy:
     ):
         """Build the policy from a pipeline object, a pipeline folder or a cached hub id.
 
-        ``dtype`` None: bf16 (fp16 if unsupported) on GPU, float32 on CPU; the VAE always runs in
-        float32. ``lora_target_modules`` None: the attention projections. ``full_finetune``
+        ``dtype`` None or "auto": bf16 (fp16 if unsupported) on GPU, float32 on CPU (also a
+        torch dtype or "float32"/"bfloat16"/"float16"); the VAE always runs in float32. ``lora_target_modules`` None: the attention projections. ``full_finetune``
         trains every transformer weight (float32 master weights, autocast to ``dtype``) and keeps
         a frozen copy as reference. ``offload_text_encoders`` keeps the text encoders on the CPU
         except while encoding new prompts. ``resolution`` None: the pipeline's default size.

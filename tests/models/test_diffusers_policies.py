@@ -152,7 +152,7 @@ def test_bf16_model_keeps_float32_maths(tiny_sd3_path) -> None:
     from flowdppo.models.sd3 import SD3Policy
 
     policy = SD3Policy.from_pretrained(
-        tiny_sd3_path, dtype=torch.bfloat16, resolution=16, max_sequence_length=8, lora_rank=4
+        tiny_sd3_path, dtype="bfloat16", resolution=16, max_sequence_length=8, lora_rank=4
     )
     assert policy.pipeline.vae.dtype == torch.float32
     assert policy.pipeline.text_encoder.dtype == torch.bfloat16
@@ -188,6 +188,8 @@ def test_missing_hub_id_fails_fast_with_download_hint(monkeypatch, tmp_path) -> 
         SD3Policy.from_pretrained(str(tmp_path / "missing_folder"))
     with pytest.raises(TypeError, match="folder or a hub id"):
         SD3Policy.from_pretrained(42)
+    with pytest.raises(ValueError, match="dtype"):
+        SD3Policy.from_pretrained(str(tmp_path), dtype="fp8")
 
 
 @pytest.mark.parametrize("full_finetune", [False, True])
