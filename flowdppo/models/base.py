@@ -74,6 +74,14 @@ class Policy(Protocol):
         """The parameters the optimizer updates (LoRA weights, or all for full fine-tuning)."""
         ...
 
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable weights by parameter name (detached): what checkpoints store."""
+        ...
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load weights saved by ``trainable_state_dict`` (keys must match exactly)."""
+        ...
+
     def reference(self) -> AbstractContextManager[None]:
         """Context in which ``velocity`` is the frozen reference (base) model.
 

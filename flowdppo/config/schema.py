@@ -1,0 +1,181 @@
+"""The typed run configuration: one dataclass per concern, each field once with its help.
+
+Every field has a type, a default and ``help`` metadata (the CLI's ``flowdppo config --help``
+and ``docs/config.md`` are generated from it). ``validate()`` checks values eagerly and names the
+field and the value; ``flowdppo.config.load`` rejects unknown keys and wrong types.
+Defaults are the Shapes + Flow-DPPO recipe of ``docs/tuning.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key, the value and the source."""
+
+
+def _check(cond: bool, key: str, value: Any, expected: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    family: str = _f("shapes", "model family: shapes | sd3 | flux", choices=("shapes", "sd3", "flux"))
+    pretrained: str | None = _f(None, "weights: a local folder or cached hub id (shapes: None = the shipped base)")
+    lora_rank: int = _f(16, "LoRA rank (ignored with full_finetune)")
+    lora_alpha: float = _f(32.0, "LoRA alpha; the update is scaled by alpha / rank")
+    lora_target_modules: list[str] | None = _f(None, "module names to adapt (None: the family's attention/MLP default)")
+    full_finetune: bool = _f(False, "train all transformer weights instead of LoRA (reference = frozen copy)")
+    dtype: str = _f("auto", "weights dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16",
+                    choices=("auto", "float32", "bfloat16", "float16"))
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward (big models)")
+    offload_text_encoders: bool = _f(False, "move text encoders to CPU after prompts are cached")
+    resolution: int | None = _f(None, "image side in pixels (diffusers models; None = model default)")
+
+    def validate(self) -> None:
+        _check(self.lora_rank >= 1, "model.lora_rank", self.lora_rank, "an int >= 1")
+        _check(self.lora_alpha > 0, "model.lora_alpha", self.lora_alpha, "a number > 0")
+
+
+@dataclass
+class SamplingConfig:
+    num_inference_steps: int = _f(10, "denoising steps T of a rollout")
+    sampler: str = _f("flow_sde", "stochastic sampler of trained steps: flow_sde | cps | dance_sde")
+    eta: float = _f(0.7, "sampler noise level η")
+    guidance_scale: float = _f(1.0, "classifier-free guidance in rollouts (1.0 = none)")
+    shift: float | None = _f(None, "sigma shift (shapes only; None = the model's own)")
+    train_pool: tuple[float, float] = _f((0.0, 0.5), "fractions [f0, f1) of steps eligible for training")
+    train_steps: int = _f(3, "K trained steps drawn per rollout from the pool")
+    train_mode: str = _f("random", "how the K steps are drawn: random | window", choices=("random", "window"))
+    prompts_per_iter: int = _f(16, "P distinct prompts per iteration (global, all processes)")
+    group_size: int = _f(8, "G samples per prompt (the GRPO group)")
+    batch_size: int = _f(64, "samples per forward pass when sampling (per process)")
+
+    def validate(self) -> None:
+        from flowdppo.core import SAMPLERS
+
+        _check(self.sampler in SAMPLERS and self.sampler != "ode", "sampling.sampler", self.sampler,
+               f"one of {sorted(k for k in SAMPLERS if k != 'ode')}")
+        _check(self.num_inference_steps >= 1, "sampling.num_inference_steps", self.num_inference_steps, "an int >= 1")
+        _check(self.eta >= 0, "sampling.eta", self.eta, "a number >= 0")
+        _check(self.guidance_scale >= 1.0, "sampling.guidance_scale", self.guidance_scale, "a number >= 1")
+        f0, f1 = self.train_pool
+        _check(0 <= f0 < f1 <= 1, "sampling.train_pool", self.train_pool, "[f0, f1] with 0 <= f0 < f1 <= 1")
+        pool = int(self.num_inference_steps * f1) - int(self.num_inference_steps * f0)
+        _check(1 <= self.train_steps <= pool, "sampling.train_steps", self.train_steps,
+               f"an int in [1, {pool}] (the pool has {pool} steps of T={self.num_inference_steps})")
+        _check(self.prompts_per_iter >= 1, "sampling.prompts_per_iter", self.prompts_per_iter, "an int >= 1")
+        _check(self.group_size >= 2, "sampling.group_size", self.group_size, "an int >= 2 (advantages need a group)")
+        _check(self.batch_size >= 1, "sampling.batch_size", self.batch_size, "an int >= 1")
+
+
+@dataclass
+class LossConfig:
+    name: str = _f("flow_dppo", "policy loss: flow_dppo | ratio_clip | grpo_guard")
+    reduction: str = _f("mean", "log-prob reduction over latent dims: mean (peers' unit) | sum", choices=("mean", "sum"))
+    delta: float = _f(1e-5, "Flow-DPPO divergence threshold δ (in the reduction's unit)")
+    divergence: str = _f("kl", "Flow-DPPO divergence: kl | tv", choices=("kl", "tv"))
+    clip_range: float = _f(1e-4, "ratio clip ε (ratio_clip, grpo_guard)")
+    beta: float = _f(0.0, "weight β of the exact KL(π_θ ‖ π_ref) penalty")
+    adv_clip: float | None = _f(5.0, "clip |A| to this (None: off)")
+
+    def validate(self) -> None:
+        from flowdppo.core import LOSSES
+
+        _check(self.name in LOSSES, "loss.name", self.name, f"one of {sorted(LOSSES)}")
+        _check(self.delta > 0, "loss.delta", self.delta, "a number > 0")
+        _check(self.clip_range > 0, "loss.clip_range", self.clip_range, "a number > 0")
+        _check(self.beta >= 0, "loss.beta", self.beta, "a number >= 0")
+        _check(self.adv_clip is None or self.adv_clip > 0, "loss.adv_clip", self.adv_clip, "null or a number > 0")
+
+    def hparams(self) -> dict[str, Any]:
+        """The keyword arguments of the chosen core loss."""
+        if self.name == "flow_dppo":
+            return {"delta": self.delta, "divergence": self.divergence, "reduction": self.reduction}
+        return {"clip_range": self.clip_range, "reduction": self.reduction}
+
+
+@dataclass
+class AdvantageConfig:
+    std_mode: str = _f("global", "normalise by the std of the group or of the global batch", choices=("group", "global"))
+    aggregate: str = _f("sum", "multi-reward aggregation: sum | gdpo", choices=("sum", "gdpo"))
+
+
+@dataclass
+class RewardEntry:
+    name: str = _f("shapes_tifa", "registered reward name")
+    weight: float = _f(1.0, "weight in the aggregation")
+    kwargs: dict[str, Any] = _f({}, "keyword options of the reward")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(3e-4, "AdamW learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
+    grad_clip: float = _f(1.0, "global grad-norm clip")
+    updates_per_iter: int = _f(2, "N optimizer updates per rollout (disjoint shuffled mini-batches)")
+    micro_batch_size: int = _f(32, "(sample, step) pairs per forward/backward (gradient accumulation)")
+    ema_decay: float = _f(0.0, "EMA of trainable weights (0 = off); evaluation uses the EMA")
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "optim.lr", self.lr, "a number > 0")
+        _check(self.grad_clip > 0, "optim.grad_clip", self.grad_clip, "a number > 0")
+        _check(self.updates_per_iter >= 1, "optim.updates_per_iter", self.updates_per_iter, "an int >= 1")
+        _check(self.micro_batch_size >= 1, "optim.micro_batch_size", self.micro_batch_size, "an int >= 1")
+        _check(0 <= self.ema_decay < 1, "optim.ema_decay", self.ema_decay, "a number in [0, 1)")
+
+
+@dataclass
+class DataConfig:
+    train_prompts: str = _f("shapes:train", "training prompts: shapes:train | shapes:train:<cat>,<cat> | a .txt/.jsonl path")
+    eval_prompts: str = _f("shapes:test", "evaluation prompts (same forms)")
+
+
+@dataclass
+class EvalConfig:
+    every: int = _f(10, "evaluate every this many iterations (0 = only at the end)")
+    num_inference_steps: int = _f(40, "ODE steps of the evaluation sampler")
+    guidance_scale: float = _f(1.0, "CFG of evaluation")
+    per_category: int = _f(100, "samples per category (shapes) or prompts (files)")
+    seed: int = _f(1234, "evaluation noise seed (fixed across evaluations)")
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = _f(60, "iterations to run")
+    seed: int = _f(0, "global seed (prompt order, noise, steps)")
+    save_every: int = _f(5, "checkpoint every this many iterations")
+    sample_every: int = _f(10, "write a sample grid every this many iterations")
+    threads: int = _f(0, "torch CPU threads (0 = torch default)")
+    on_policy_tol: float = _f(1e-6, "warn when the on-policy KL exceeds this (reduction unit)")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    rewards: list[RewardEntry] = field(default_factory=lambda: [RewardEntry()])
+    reward_on_error: str = _f("raise", "a failing reward: raise | drop the samples", choices=("raise", "drop"))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if hasattr(v, "validate"):
+                v.validate()
+        _check(len(self.rewards) >= 1, "rewards", self.rewards, "at least one reward")

@@ -1,0 +1,190 @@
+"""The Shapes policy: our embedded base model behind the policy interface.
+
+Latents are pixels in [-1, 1] ([B, 3, 32, 32]); ``decode`` maps them to [0, 1]. The text encoder
+is frozen (it is part of the base model, as CLIP/T5 are for SD3); LoRA goes on the transformer
+blocks' attention and MLP projections, or the whole flow network trains (``full_finetune``),
+in which case the reference is a frozen copy. Differences from a diffusers pipeline: none to
+mirror — the sampling loop is ``flowdppo.core.rollout``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from flowdppo.core import shifted_sigmas
+from flowdppo.models.base import Cond
+from flowdppo.models.lora import add_lora, disabled_lora, lora_parameters
+from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig, tokenize
+
+DEFAULT_TARGETS = ["qkv", "proj", "fc1", "fc2"]
+
+
+def load_named(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into the trainable parameters of ``module``; keys must match exactly."""
+    named = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(set(named) - set(state)), sorted(set(state) - set(named))
+    if missing or unexpected:
+        raise KeyError(f"trainable weights do not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    with torch.no_grad():
+        for n, p in named.items():
+            p.copy_(state[n].to(p.device, p.dtype))
+DEFAULT_SHIFT = 1.0
+
+
+def default_checkpoint() -> Path:
+    """The shipped base model (trained by ``flowdppo shapes pretrain``)."""
+    return Path(str(resources.files("flowdppo") / "assets" / "shapes" / "base.safetensors"))
+
+
+def load_base_model(path: str | Path | None = None) -> tuple[ShapesFlowModel, dict]:
+    """Load a Shapes checkpoint (float16/32 safetensors) into a float32 model; returns (model, meta)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else default_checkpoint()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Shapes checkpoint {path} does not exist (train one with `flowdppo shapes pretrain`)"
+        )
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata() or {})
+    if "model" not in meta:
+        raise ValueError(f"{path}: not a Shapes checkpoint (no 'model' config in its metadata)")
+    model = ShapesFlowModel(ShapesModelConfig(**json.loads(meta["model"])))
+    sd = {k: v.float() for k, v in load_file(str(path)).items()}
+    model.load_state_dict(sd)
+    return model.eval(), meta
+
+
+class ShapesPolicy:
+    """``Policy`` for the Shapes model (see ``flowdppo.models.base.Policy``)."""
+
+    def __init__(
+        self,
+        model: ShapesFlowModel,
+        *,
+        shift: float = DEFAULT_SHIFT,
+        lora_rank: int = 16,
+        lora_alpha: float = 32.0,
+        lora_target_modules: list[str] | None = None,
+        full_finetune: bool = False,
+        device: str | torch.device = "cpu",
+    ):
+        self.model = model.to(device).float()
+        self.shift = shift
+        self.full_finetune = full_finetune
+        self.model.text.requires_grad_(False)
+        self._ref: ShapesFlowModel | None = None
+        self._use_ref = False
+        if full_finetune:
+            self._ref = copy.deepcopy(self.model).requires_grad_(False)
+            self.model.requires_grad_(True)
+            self.model.text.requires_grad_(False)
+        else:
+            add_lora(
+                self.model,
+                rank=lora_rank,
+                alpha=lora_alpha,
+                target_modules=lora_target_modules or DEFAULT_TARGETS,
+            )
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._null = self._encode([""])
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, **kwargs) -> ShapesPolicy:
+        model, meta = load_base_model(path)
+        shift = kwargs.pop("shift", None) or json.loads(meta.get("sampling", "{}")).get(
+            "shift", DEFAULT_SHIFT
+        )
+        return cls(model, shift=shift, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (3, 32, 32)
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> Cond:
+        ids = tokenize(prompts, self.model.cfg.max_tokens).to(self.device)
+        with self._base_context():
+            return self.model.encode_text(ids)
+
+    def encode_prompts(self, prompts: list[str]) -> Cond:
+        missing = sorted({p for p in prompts if p not in self._cache})
+        if missing:
+            enc = self._encode(missing)
+            for i, p in enumerate(missing):
+                self._cache[p] = (enc["text"][i], enc["mask"][i])
+        text = torch.stack([self._cache[p][0] for p in prompts])
+        mask = torch.stack([self._cache[p][1] for p in prompts])
+        return {"text": text, "mask": mask}
+
+    def _net(self) -> ShapesFlowModel:
+        return self._ref if (self._use_ref and self._ref is not None) else self.model
+
+    def velocity(
+        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance_scale: float = 1.0
+    ) -> torch.Tensor:
+        net = self._net()
+        if guidance_scale == 1.0:
+            return net(latents.float(), sigma, cond["text"], cond["mask"]).float()
+        b = latents.shape[0]
+        null_text = self._null["text"].expand(b, -1, -1)
+        null_mask = self._null["mask"].expand(b, -1)
+        x2 = torch.cat([latents, latents]).float()  # [2B, 3, 32, 32]: conditional, then null prompt
+        v = net(
+            x2,
+            torch.cat([sigma, sigma]),
+            torch.cat([cond["text"], null_text]),
+            torch.cat([cond["mask"], null_mask]),
+        )
+        v_c, v_u = v.float().chunk(2)
+        return v_u + guidance_scale * (v_c - v_u)
+
+    def sigmas(self, num_inference_steps: int) -> torch.Tensor:
+        return shifted_sigmas(num_inference_steps, self.shift)
+
+    def initial_noise(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(
+            batch_size, *self.latent_shape, generator=generator, device=generator.device
+        )
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((latents.float() + 1) / 2).clamp(0, 1)
+
+    def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
+        if self.full_finetune:
+            return (p for p in self.model.parameters() if p.requires_grad)
+        return lora_parameters(self.model)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Trainable weights by name (LoRA only, or the whole flow network)."""
+        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_named(self.model, state)
+
+    def _base_context(self):
+        return nullcontext() if self.full_finetune else disabled_lora(self.model)
+
+    @contextmanager
+    def reference(self) -> Iterator[None]:
+        if self._ref is None:
+            with disabled_lora(self.model):
+                yield
+            return
+        self._use_ref = True
+        try:
+            yield
+        finally:
+            self._use_ref = False

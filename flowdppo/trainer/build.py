@@ -1,0 +1,63 @@
+"""Build the pieces of a run from its config: the policy (by model family) and the rewards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from flowdppo.config.schema import ModelConfig, RunConfig
+from flowdppo.rewards.compute import LoadedReward, RewardSpec, build_rewards
+
+
+def _dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def _shapes(cfg: ModelConfig, device: torch.device, shift: float | None) -> Any:
+    from flowdppo.models.shapes import ShapesPolicy
+
+    return ShapesPolicy.from_pretrained(
+        cfg.pretrained, shift=shift, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+        lora_target_modules=cfg.lora_target_modules, full_finetune=cfg.full_finetune, device=device,
+    )
+
+
+def _diffusers(family: str) -> Callable[[ModelConfig, torch.device, float | None], Any]:
+    def build(cfg: ModelConfig, device: torch.device, shift: float | None) -> Any:
+        if cfg.pretrained is None:
+            raise ValueError(f"model.pretrained: the {family} family needs a local folder or cached hub id")
+        if family == "sd3":
+            from flowdppo.models.sd3 import SD3Policy as cls
+        else:
+            from flowdppo.models.flux import FluxPolicy as cls
+        kwargs: dict[str, Any] = {
+            "device": device, "dtype": _dtype(cfg, device), "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
+            "lora_target_modules": cfg.lora_target_modules, "full_finetune": cfg.full_finetune,
+            "gradient_checkpointing": cfg.gradient_checkpointing, "offload_text_encoders": cfg.offload_text_encoders,
+        }
+        if cfg.resolution is not None:
+            kwargs["resolution"] = cfg.resolution
+        return cls.from_pretrained(cfg.pretrained, **kwargs)
+
+    return build
+
+
+POLICY_BUILDERS: dict[str, Callable[[ModelConfig, torch.device, float | None], Any]] = {
+    "shapes": _shapes,
+    "sd3": _diffusers("sd3"),
+    "flux": _diffusers("flux"),
+}
+
+
+def build_policy(cfg: RunConfig, device: torch.device) -> Any:
+    """The policy of ``cfg.model`` on ``device``."""
+    return POLICY_BUILDERS[cfg.model.family](cfg.model, device, cfg.sampling.shift)
+
+
+def build_run_rewards(cfg: RunConfig) -> list[LoadedReward]:
+    """The run's rewards, in config order."""
+    return build_rewards([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in cfg.rewards])

@@ -1,0 +1,64 @@
+"""Prompt sources and the per-iteration prompt draw.
+
+A source is ``shapes:train`` / ``shapes:test`` (the shipped Shapes split), optionally restricted
+to categories (``shapes:train:counting,position``), or a ``.txt`` (one prompt a line) / ``.jsonl``
+(``{"prompt": ..., <metadata>...}``) file. The P prompts of iteration i are positions
+``[i·P, (i+1)·P)`` of an endless sequence of seeded permutations (one per epoch), so the data
+cursor is the iteration number itself and resuming needs no other state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def load_prompts(source: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """(prompts, metadata) of a prompt source; clear errors for bad sources."""
+    if source.startswith("shapes:"):
+        from flowdppo.shapes.prompts import CATEGORIES, load_split
+
+        parts = source.split(":")
+        if len(parts) not in (2, 3) or parts[1] not in ("train", "test"):
+            raise ValueError(f"prompt source {source!r}: expected shapes:train|test[:cat,cat]")
+        cats = parts[2].split(",") if len(parts) == 3 else list(CATEGORIES)
+        bad = [c for c in cats if c not in CATEGORIES]
+        if bad:
+            raise ValueError(f"prompt source {source!r}: unknown categories {bad}; expected {list(CATEGORIES)}")
+        specs = [s for s in load_split(parts[1]) if s.category in cats]
+        return [s.text for s in specs], [{"category": s.category} for s in specs]
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file {source} does not exist")
+    if path.suffix == ".jsonl":
+        prompts, meta = [], []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not isinstance(row, dict) or "prompt" not in row:
+                raise ValueError(f"{path}:{n}: expected a JSON object with a 'prompt' key")
+            prompts.append(row.pop("prompt"))
+            meta.append(row)
+        return prompts, meta
+    prompts = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if not prompts:
+        raise ValueError(f"prompt file {source} holds no prompts")
+    return prompts, [{} for _ in prompts]
+
+
+def prompt_indices(num_prompts: int, per_iter: int, iteration: int, seed: int) -> list[int]:
+    """Indices of the ``per_iter`` prompts of ``iteration`` (epochs of seeded permutations)."""
+    out: list[int] = []
+    pos = iteration * per_iter
+    while len(out) < per_iter:
+        epoch, offset = divmod(pos, num_prompts)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(num_prompts, generator=g)
+        take = min(per_iter - len(out), num_prompts - offset)
+        out += perm[offset : offset + take].tolist()
+        pos += take
+    return out

@@ -1,0 +1,136 @@
+"""Collect one iteration's experience: rollouts on the selected steps, rewards, reference KL.
+
+ALGORITHM.md §6 step 1–2. Sample ``j`` of the global batch (prompt ``j // G``) draws its initial
+noise and its trained-step noise from its own generator seeded by ``(seed, iteration, j)``, so
+a sample is the same whichever process or forward pass produces it. For the trained steps the
+tuple of §3 is stored (x_k, x_{k+1}, μ_old, s_k, logp_old) plus μ_ref, the reference model's
+mean at the same state (frozen, so it never needs recomputing: it serves both the β·KL penalty
+and the ``kl/ref_mean`` metric). No replay forward pass is made before the update.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from flowdppo.config.schema import RunConfig
+from flowdppo.core import gaussian_kl, recompute_step, sample
+from flowdppo.models.base import Policy
+from flowdppo.rewards.compute import RewardBatch, compute_rewards
+
+
+@dataclass
+class Experience:
+    """This process's share of an iteration; B local samples, K trained steps."""
+
+    prompts: list[str]
+    metadata: list[dict[str, Any]]
+    sample_ids: torch.Tensor  # int64 [B] index in the global batch
+    group_ids: torch.Tensor  # int64 [B] global prompt index
+    x: torch.Tensor  # [B, K, *latent]
+    x_next: torch.Tensor  # [B, K, *latent]
+    mean: torch.Tensor  # [B, K, *latent]
+    mean_ref: torch.Tensor  # [B, K, *latent]
+    std: torch.Tensor  # [B, K]
+    log_prob: torch.Tensor  # [B, K]
+    sigma: torch.Tensor  # [K]
+    sigma_next: torch.Tensor  # [K]
+    step_index: torch.Tensor  # [K]
+    images: torch.Tensor  # [B, 3, H, W] in [0, 1]
+    rewards: RewardBatch | None = None
+    advantages: torch.Tensor | None = None  # [B]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def sample_noise(seed: int, iteration: int, sample_id: int, shape: tuple[int, ...], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial noise [*shape] and trained-step noise [k, *shape] of one global sample."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + iteration) * 1_000_003 + sample_id)
+    z = torch.randn(1 + k, *shape, generator=g)
+    return z[0], z[1:]
+
+
+def _rollout_batch(policy: Policy, cfg: RunConfig, prompts: list[str], ids: list[int], iteration: int, steps: list[int]):
+    s = cfg.sampling
+    shape = policy.latent_shape
+    noises = [sample_noise(cfg.train.seed, iteration, j, shape, len(steps)) for j in ids]
+    init = torch.stack([n[0] for n in noises]).to(policy.device)  # [b, *latent]
+    step_noise = torch.stack([n[1] for n in noises]).to(policy.device)  # [b, K, *latent]
+    cond = policy.encode_prompts(prompts)
+
+    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return policy.velocity(x, sigma, cond, s.guidance_scale)
+
+    out = sample(
+        velocity, init, policy.sigmas(s.num_inference_steps), sampler=s.sampler, eta=s.eta,
+        train_steps=steps, noise=step_noise, reduction=cfg.loss.reduction,
+    )
+    refs = []
+    with torch.no_grad(), policy.reference():
+        for k in range(len(steps)):
+            r = recompute_step(velocity, out.x[:, k], out.x_next[:, k], out.sigma[k], out.sigma_next[k],
+                               sampler=s.sampler, eta=s.eta, reduction=cfg.loss.reduction)
+            refs.append(r.mean)
+    mean_ref = torch.stack(refs, dim=1) if refs else out.mean.clone()
+    return out, mean_ref, policy.decode(out.latents)
+
+
+def collect(
+    policy: Policy, cfg: RunConfig, prompts: list[str], metadata: list[dict[str, Any]], sample_ids: list[int],
+    iteration: int, steps: list[int], rewards: list, pool: ThreadPoolExecutor,
+) -> Experience:
+    """Roll out this process's samples in forward batches; rewards run in ``pool`` meanwhile."""
+    bs = cfg.sampling.batch_size
+    parts, futures = [], []
+    t_roll = 0.0
+    for lo in range(0, len(prompts), bs):
+        t0 = time.perf_counter()
+        out, mean_ref, images = _rollout_batch(policy, cfg, prompts[lo : lo + bs], sample_ids[lo : lo + bs], iteration, steps)
+        t_roll += time.perf_counter() - t0
+        parts.append((out, mean_ref, images))
+        futures.append(pool.submit(_score, rewards, images, prompts[lo : lo + bs], metadata[lo : lo + bs], cfg.reward_on_error))
+    t0 = time.perf_counter()
+    scored = [f.result() for f in futures]
+    wait = time.perf_counter() - t0
+    cat = lambda i, attr: torch.cat([getattr(p[0], attr) for p in parts])  # noqa: E731
+    out0 = parts[0][0]
+    g = cfg.sampling.group_size
+    exp = Experience(
+        prompts=prompts, metadata=metadata,
+        sample_ids=torch.tensor(sample_ids), group_ids=torch.tensor(sample_ids) // g,
+        x=cat(0, "x"), x_next=cat(0, "x_next"), mean=cat(0, "mean"), std=cat(0, "std"), log_prob=cat(0, "log_prob"),
+        mean_ref=torch.cat([p[1] for p in parts]), images=torch.cat([p[2] for p in parts]),
+        sigma=out0.sigma, sigma_next=out0.sigma_next, step_index=out0.step_index,
+        rewards=_merge(scored),
+    )
+    exp.timings = {"time/rollout_s": t_roll, "time/reward_s": sum(s[1] for s in scored), "time/reward_wait_s": wait}
+    return exp
+
+
+def _score(rewards: list, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]], on_error: str):
+    t0 = time.perf_counter()
+    batch = compute_rewards(rewards, images, prompts, metadata, on_error=on_error)
+    return batch, time.perf_counter() - t0
+
+
+def _merge(scored: list) -> RewardBatch:
+    """Concatenate per-forward-batch RewardBatches (scores, valid, details; metrics recomputed later)."""
+    batches: list[RewardBatch] = [s[0] for s in scored]
+    first = batches[0]
+    keys = set.intersection(*(set(b.details) for b in batches))
+    return RewardBatch(
+        names=first.names, weights=first.weights,
+        scores={n: torch.cat([b.scores[n] for b in batches]) for n in first.names},
+        valid=torch.cat([b.valid for b in batches]),
+        details={k: torch.cat([b.details[k] for b in batches]) for k in sorted(keys)},
+        metrics={},
+    )
+
+
+def kl_to_reference(exp: Experience, reduction: str) -> torch.Tensor:
+    """Exact KL(π_θold ‖ π_ref) per (sample, trained step): [B, K] (same std, so symmetric)."""
+    b, k = exp.std.shape
+    return gaussian_kl(exp.mean.flatten(0, 1), exp.mean_ref.flatten(0, 1), exp.std.flatten(), reduction).view(b, k)

@@ -1,0 +1,189 @@
+"""The Flow-DPPO trainer: ``Trainer.step()`` = rollout → rewards → advantages → updates → log.
+
+One process here; the same code runs under ``accelerate launch`` / ``torchrun`` with several
+processes: the global batch of P·G samples is cut into contiguous per-process shares (groups may
+span processes), rewards are gathered for the advantages, and gradients are summed across
+processes after each mini-batch (see ``flowdppo.trainer.update``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from flowdppo.config import RunConfig, dump_config
+from flowdppo.core import group_advantages, select_train_steps
+from flowdppo.trainer.build import build_policy, build_run_rewards
+from flowdppo.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from flowdppo.trainer.data import load_prompts, prompt_indices
+from flowdppo.trainer.ema import EMA
+from flowdppo.trainer.evaluation import evaluate
+from flowdppo.trainer.experience import Experience, collect, kl_to_reference
+from flowdppo.trainer.logging import RunLogger
+from flowdppo.trainer.update import update_policy
+
+
+class Trainer:
+    """Owns the policy, optimizer, EMA, rewards and run directory of one run."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False):
+        from accelerate import Accelerator
+
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        n = cfg.sampling.prompts_per_iter * cfg.sampling.group_size
+        if n % self.acc.num_processes:
+            raise ValueError(f"sampling.prompts_per_iter × group_size = {n} must divide evenly over {self.acc.num_processes} processes")
+        self.num_samples = n
+        self.policy = build_policy(cfg, self.acc.device)
+        self.rewards = build_run_rewards(cfg)
+        self.prompts, self.metadata = load_prompts(cfg.data.train_prompts)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.ema = EMA(self.policy, o.ema_decay) if o.ema_decay > 0 else None
+        self.iteration = 0
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if resume and ckpt is None:
+            raise FileNotFoundError(f"--resume: {self.run_dir} has no checkpoint to resume from")
+        if ckpt is not None:
+            self.iteration = load_checkpoint(ckpt, self.policy, self.optimizer, self.ema)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.run_dir / "config.yaml")
+        self.logger = RunLogger(self.run_dir, enabled=self.is_main, resume_iter=self.iteration if resume else None)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
+
+    @property
+    def is_main(self) -> bool:
+        return self.acc.is_main_process
+
+    def _reduce(self, t: torch.Tensor, op: str) -> torch.Tensor:
+        if self.acc.num_processes == 1:
+            return t
+        return self.acc.reduce(t.to(self.acc.device), reduction=op).cpu() if op == "sum" else _reduce_extreme(self.acc, t, op)
+
+    def _share(self) -> range:
+        per = self.num_samples // self.acc.num_processes
+        return range(self.acc.process_index * per, (self.acc.process_index + 1) * per)
+
+    # -- the iteration, step by step -------------------------------------------------------------
+    def rollout(self, it: int) -> Experience:
+        s = self.cfg.sampling
+        idx = prompt_indices(len(self.prompts), s.prompts_per_iter, it, self.cfg.train.seed)
+        ids = list(self._share())
+        prompts = [self.prompts[idx[j // s.group_size]] for j in ids]
+        meta = [self.metadata[idx[j // s.group_size]] for j in ids]
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 31_337 + it)
+        steps = select_train_steps(s.num_inference_steps, pool=s.train_pool, k=s.train_steps, mode=s.train_mode, generator=g)
+        return collect(self.policy, self.cfg, prompts, meta, ids, it, steps, self.rewards, self.pool)
+
+    def advantages(self, exp: Experience) -> dict[str, float]:
+        """GRPO advantages over the gathered global batch; invalid (dropped) samples get A = 0."""
+        assert exp.rewards is not None
+        rb = exp.rewards
+        scores = self.acc.gather(rb.matrix().to(self.acc.device)).cpu()  # [N, R], sample order
+        valid = self.acc.gather(rb.valid.to(self.acc.device)).cpu()
+        groups = torch.arange(self.num_samples) // self.cfg.sampling.group_size
+        adv = torch.zeros(self.num_samples)
+        a = self.cfg.advantage
+        adv[valid] = group_advantages(scores[valid], groups[valid], weights=rb.weights, std_mode=a.std_mode, aggregate=a.aggregate)
+        exp.advantages = adv[exp.sample_ids]
+        self._valid = valid
+        total = scores[valid] @ rb.weights
+        out = {"reward/mean": float(total.mean()), "reward/std": float(total.std(unbiased=False)),
+               "reward/dropped": float((~valid).sum()), "adv/abs_mean": float(adv[valid].abs().mean())}
+        out.update({f"reward/{n}": float(scores[valid, j].mean()) for j, n in enumerate(rb.names)})
+        return out
+
+    def update(self, exp: Experience, it: int) -> dict[str, float]:
+        after = self.ema.update if self.ema is not None else (lambda: None)
+        return update_policy(self.policy, exp, self.cfg, self.optimizer, it, self.num_samples, self._valid, self._reduce, after)
+
+    def step(self) -> dict[str, float]:
+        """One iteration; returns (and logs) its metrics."""
+        it = self.iteration
+        t0 = time.perf_counter()
+        exp = self.rollout(it)
+        metrics = dict(exp.timings)
+        metrics.update(self.advantages(exp))
+        kl_ref = kl_to_reference(exp, self.cfg.loss.reduction)
+        t1 = time.perf_counter()
+        metrics.update(self.update(exp, it))
+        metrics["time/train_s"] = time.perf_counter() - t1
+        kl_sum = self._reduce(torch.tensor([kl_ref.sum().item(), kl_ref.numel()], dtype=torch.float64), "sum")
+        metrics["kl/ref_mean"] = float(kl_sum[0] / kl_sum[1])
+        metrics["kl/ref_max"] = float(self._reduce(torch.tensor([kl_ref.max().item() if kl_ref.numel() else 0.0]), "max")[0])
+        metrics["time/iter_s"] = time.perf_counter() - t0
+        if metrics["check/onpolicy_kl_max"] > self.cfg.train.on_policy_tol:
+            warnings.warn(f"iteration {it}: on-policy check failed: KL(old‖new) before the first update = "
+                          f"{metrics['check/onpolicy_kl_max']:.3g} > train.on_policy_tol={self.cfg.train.on_policy_tol:g}; "
+                          "the forward pass depends on batch composition or precision", stacklevel=2)
+        self.iteration = it + 1
+        self.logger.log("train", self.iteration, metrics)
+        return metrics
+
+    # -- the loop -------------------------------------------------------------------------------
+    def evaluate(self, grid: bool = True) -> dict[str, float]:
+        if not self.is_main:
+            return {}
+        t0 = time.perf_counter()
+        path = self.run_dir / "samples" / f"iter_{self.iteration:06d}.png" if grid else None
+        ctx = self.ema.swapped_in() if self.ema is not None else _null()
+        with ctx:
+            metrics = evaluate(self.policy, self.cfg, self.rewards, path)
+        metrics["time/eval_s"] = time.perf_counter() - t0
+        self.logger.log("eval", self.iteration, metrics)
+        return metrics
+
+    def save(self) -> None:
+        if self.is_main:
+            save_checkpoint(self.run_dir, self.iteration, self.policy, self.optimizer, self.ema)
+        self.acc.wait_for_everyone()
+
+    def train(self, max_iters: int | None = None, progress: bool = True) -> None:
+        """Run until ``max_iters`` iterations are done; Ctrl-C saves and stops cleanly."""
+        t = self.cfg.train
+        end = max_iters if max_iters is not None else t.max_iters
+        e = self.cfg.eval.every
+        if self.iteration == 0 and e > 0:
+            self.evaluate()
+        bar = tqdm(total=end, initial=self.iteration, desc="train", unit="it", disable=not (progress and self.is_main))
+        try:
+            while self.iteration < end:
+                m = self.step()
+                bar.update(1)
+                bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl_ref=f"{m['kl/ref_mean']:.2e}")
+                if e > 0 and self.iteration % e == 0 or self.iteration == end:
+                    ev = self.evaluate(grid=self.iteration % max(t.sample_every, 1) == 0 or self.iteration == end)
+                    if "eval/strict_overall" in ev:
+                        bar.write(f"iter {self.iteration}: eval strict {100 * ev['eval/strict_overall']:.1f}%")
+                if self.iteration % t.save_every == 0 or self.iteration == end:
+                    self.save()
+        except KeyboardInterrupt:
+            bar.write(f"interrupted: saving iteration {self.iteration} to {self.run_dir}/checkpoints ...")
+            self.save()
+            raise
+        finally:
+            bar.close()
+            self.logger.close()
+            self.pool.shutdown(wait=True)
+
+
+def _reduce_extreme(acc, t: torch.Tensor, op: str) -> torch.Tensor:
+    gathered = acc.gather(t.to(acc.device).reshape(1, -1)).cpu()  # [P, n]
+    return gathered.max(0).values if op == "max" else gathered.min(0).values
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
