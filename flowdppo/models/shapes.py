@@ -83,6 +83,7 @@ class ShapesPolicy:
         self.model.text.requires_grad_(False)
         self._ref: ShapesFlowModel | None = None
         self._use_ref = False
+        self.default_guidance_scale = 1.0  # the checkpoint's recommended CFG for evaluation
         if full_finetune:
             self._ref = copy.deepcopy(self.model).requires_grad_(False)
             self.model.requires_grad_(True)
@@ -188,3 +189,4 @@ class ShapesPolicy:
             yield
         finally:
             self._use_ref = False
+        self.default_guidance_scale = 1.0  # the checkpoint's recommended CFG for evaluation

@@ -1,0 +1,248 @@
+"""The ``flowdppo`` command line. Every command is a thin call into the library.
+
+  flowdppo train [CONFIG] [--set k=v ...] [--max-iters N] --out DIR [--resume]
+  flowdppo resume DIR [--max-iters N]
+  flowdppo eval --run DIR [--n N] [--steps S]
+  flowdppo sample --run DIR --prompt P [--prompt P ...] [--n 4] --out grid.png
+  flowdppo plot --run DIR [--run DIR ...] --out plot.png
+  flowdppo export --run DIR --out DIR
+  flowdppo demo [--out DIR]
+  flowdppo shapes pretrain|eval|render ...
+  flowdppo reward-server --reward NAME --port P
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flowdppo.config import ConfigError
+
+
+def _train(a: argparse.Namespace) -> int:
+    from flowdppo.config import load_config
+    from flowdppo.runs import run_config
+    from flowdppo.trainer.trainer import Trainer
+
+    if a.resume:
+        cfg = run_config(a.out) if a.config is None else load_config(a.config, a.set)
+    else:
+        cfg = load_config(a.config, a.set)
+        if (Path(a.out) / "checkpoints" / "latest").exists():
+            raise SystemExit(f"error: {a.out} already holds a run; use `flowdppo resume {a.out}` or another --out")
+    trainer = Trainer(cfg, a.out, resume=a.resume)
+    try:
+        trainer.train(a.max_iters)
+    except KeyboardInterrupt:
+        print(f"stopped; resume with: flowdppo resume {a.out}", file=sys.stderr)
+        return 130
+    print(f"run saved in {a.out} (metrics.jsonl, samples/, checkpoints/); plot with: flowdppo plot --run {a.out}")
+    return 0
+
+
+def _resume(a: argparse.Namespace) -> int:
+    a.out, a.config, a.set, a.resume = a.run, None, [], True
+    return _train(a)
+
+
+def _write_eval(metrics: dict, table_md: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+    (out / "eval.md").write_text(table_md)
+    print(table_md)
+    print(f"written: {out / 'eval.json'}, {out / 'eval.md'}, {out / 'grid.png'}")
+
+
+def _shapes_eval_policy(policy, out: Path, n: int, steps: int, cfg_scale: float, seed: int) -> None:
+    from flowdppo.shapes.evaluate import eval_specs, generate, markdown_table, score_eval
+    from flowdppo.viz import save_grid
+
+    specs = eval_specs(n)
+    prompts = [s.text for s in specs]
+    images = generate(policy, prompts, steps=steps, guidance_scale=cfg_scale, seed=seed, progress=True)
+    res = score_eval(images, specs)
+    idx = [i for i in range(0, len(specs), max(1, len(specs) // 48))][:48]
+    out.mkdir(parents=True, exist_ok=True)
+    save_grid(images[idx], [prompts[i] for i in idx], out / "grid.png", marks=[bool(res.passed[i]) for i in idx])
+    title = f"Shapes evaluation: {n} samples/category, ODE {steps} steps, CFG {cfg_scale}"
+    _write_eval({**res.metrics, "table": res.table}, markdown_table(res, title), out)
+
+
+def _eval(a: argparse.Namespace) -> int:
+    from flowdppo.runs import load_run_policy
+    from flowdppo.trainer.build import build_run_rewards
+    from flowdppo.trainer.evaluation import evaluate
+
+    policy, cfg, it = load_run_policy(a.run)
+    out = Path(a.run) / "eval" / f"iter_{it:06d}"
+    if cfg.data.eval_prompts.startswith("shapes:"):
+        _shapes_eval_policy(policy, out, a.n or cfg.eval.per_category, a.steps or cfg.eval.num_inference_steps, cfg.eval.guidance_scale, cfg.eval.seed)
+        return 0
+    m = evaluate(policy, cfg, build_run_rewards(cfg), out / "grid.png", a.n, a.steps)
+    _write_eval(m, "\n".join(f"- {k}: {v:.4f}" for k, v in m.items()) + "\n", out)
+    return 0
+
+
+def _sample(a: argparse.Namespace) -> int:
+    from flowdppo.runs import load_run_policy
+    from flowdppo.shapes.evaluate import generate
+    from flowdppo.viz import save_grid
+
+    policy, cfg, it = load_run_policy(a.run)
+    prompts = [p for p in a.prompt for _ in range(a.n)]
+    images = generate(policy, prompts, steps=a.steps or cfg.eval.num_inference_steps,
+                      guidance_scale=cfg.eval.guidance_scale if a.cfg is None else a.cfg, seed=a.seed)
+    print(save_grid(images, prompts, a.out, cols=a.n))
+    return 0
+
+
+def _plot(a: argparse.Namespace) -> int:
+    from flowdppo.plots import plot_runs
+
+    print(plot_runs(a.run, a.out))
+    return 0
+
+
+def _export(a: argparse.Namespace) -> int:
+    from flowdppo.runs import load_run_policy
+
+    policy, cfg, _ = load_run_policy(a.run, use_ema=a.ema)
+    if cfg.model.family == "shapes":
+        raise SystemExit("error: export writes diffusers formats; a Shapes run's weights are in its checkpoints/")
+    from flowdppo.models.export import export_full, export_lora
+
+    print((export_full if cfg.model.full_finetune else export_lora)(policy, a.out))
+    return 0
+
+
+def _demo(a: argparse.Namespace) -> int:
+    from flowdppo.config import load_config
+    from flowdppo.plots import plot_runs
+    from flowdppo.trainer.trainer import Trainer
+
+    out = Path(a.out)
+    resume = (out / "checkpoints" / "latest").exists()
+    trainer = Trainer(load_config(None, a.set), out, resume=resume)
+    trainer.train()
+    print(f"demo done: {out}/metrics.jsonl, samples: {out}/samples/, curves: {plot_runs([out], out / 'curves.png')}")
+    return 0
+
+
+def _shapes_pretrain(a: argparse.Namespace) -> int:
+    from flowdppo.shapes.pretrain import PretrainConfig, pretrain
+
+    print(pretrain(a.out, PretrainConfig(steps=a.steps, seed=a.seed, threads=a.threads)))
+    return 0
+
+
+def _shapes_eval(a: argparse.Namespace) -> int:
+    import torch
+
+    from flowdppo.models.shapes import ShapesPolicy
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    policy = ShapesPolicy.from_pretrained(a.checkpoint)
+    cfg_scale = policy.default_guidance_scale if a.cfg is None else a.cfg
+    _shapes_eval_policy(policy, Path(a.out), a.n, a.steps, cfg_scale, a.seed)
+    return 0
+
+
+def _shapes_render(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from flowdppo.shapes.prompts import parse_prompt, sample_scenes
+    from flowdppo.shapes.render import render
+    from flowdppo.viz import save_grid
+
+    spec = parse_prompt(a.prompt)
+    images = render(sample_scenes([spec] * a.n, np.random.default_rng(a.seed)), antialias=a.antialias)
+    print(save_grid(images, [spec.text] * a.n, a.out, cols=min(a.n, 4)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from flowdppo.shapes.pretrain import PretrainConfig
+
+    p = argparse.ArgumentParser(prog="flowdppo", description="Flow-DPPO: online RL for flow-matching generators")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a policy (no config: Shapes + Flow-DPPO defaults)")
+    t.add_argument("config", nargs="?", help="YAML config (see configs/ and docs/config.md)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. loss.delta=1e-6")
+    t.add_argument("--max-iters", type=int, help="stop after this many iterations (default train.max_iters)")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    t.set_defaults(func=_train)
+    r = sub.add_parser("resume", help="continue a run from its latest checkpoint")
+    r.add_argument("run")
+    r.add_argument("--max-iters", type=int)
+    r.set_defaults(func=_resume)
+    e = sub.add_parser("eval", help="evaluate a run's latest checkpoint (EMA if kept)")
+    e.add_argument("--run", required=True)
+    e.add_argument("--n", type=int, help="samples per category (default eval.per_category)")
+    e.add_argument("--steps", type=int, help="ODE steps (default eval.num_inference_steps)")
+    e.set_defaults(func=_eval)
+    s = sub.add_parser("sample", help="sample a run's policy into a PNG grid")
+    s.add_argument("--run", required=True)
+    s.add_argument("--prompt", action="append", required=True)
+    s.add_argument("--n", type=int, default=4, help="samples per prompt")
+    s.add_argument("--steps", type=int)
+    s.add_argument("--cfg", type=float, help="guidance scale (default eval.guidance_scale)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_sample)
+    pl = sub.add_parser("plot", help="reward / KL-to-base / reward-vs-KL curves of runs")
+    pl.add_argument("--run", action="append", required=True)
+    pl.add_argument("--out", default="curves.png")
+    pl.set_defaults(func=_plot)
+    x = sub.add_parser("export", help="export a diffusers run's LoRA (or full transformer) for diffusers")
+    x.add_argument("--run", required=True)
+    x.add_argument("--out", required=True)
+    x.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="export the EMA weights (default: if kept)")
+    x.set_defaults(func=_export)
+    d = sub.add_parser("demo", help="the Shapes demo: train with the defaults, then plot")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    d.set_defaults(func=_demo)
+    sh = sub.add_parser("shapes", help="the embedded Shapes benchmark").add_subparsers(dest="shapes_command", required=True)
+    sp = sh.add_parser("pretrain", help="pretrain the Shapes base model (resumable)")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--steps", type=int, default=PretrainConfig.steps)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--threads", type=int, default=1)
+    sp.set_defaults(func=_shapes_pretrain)
+    se = sh.add_parser("eval", help="GenEval-style table of a Shapes checkpoint (default: the shipped base)")
+    se.add_argument("--checkpoint", help="a Shapes .safetensors (default: the shipped base model)")
+    se.add_argument("--steps", type=int, default=40)
+    se.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)")
+    se.add_argument("--n", type=int, default=100, help="samples per category")
+    se.add_argument("--seed", type=int, default=1234)
+    se.add_argument("--threads", type=int, default=0)
+    se.add_argument("--out", default="shapes_eval")
+    se.set_defaults(func=_shapes_eval)
+    sr = sh.add_parser("render", help="render a prompt with the world's renderer")
+    sr.add_argument("--prompt", required=True)
+    sr.add_argument("--n", type=int, default=4)
+    sr.add_argument("--seed", type=int, default=0)
+    sr.add_argument("--antialias", action="store_true")
+    sr.add_argument("--out", required=True)
+    sr.set_defaults(func=_shapes_render)
+    from flowdppo.rewards.server import register_cli
+
+    register_cli(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""``flowdppo plot``: reward, KL-to-base and reward-vs-KL curves of one or more runs (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flowdppo.trainer.logging import read_metrics
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["iter"], r[key]) for r in rows if r.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Four panels: training reward, exact KL to the base model, eval score, eval score vs KL."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    for run in run_dirs:
+        train, ev = read_metrics(Path(run), "train"), read_metrics(Path(run), "eval")
+        label = Path(run).name
+        axes[0].plot(*_series(train, "reward/mean"), label=label)
+        axes[1].plot(*_series(train, "kl/ref_mean"), label=label)
+        key = "eval/strict_overall" if any("eval/strict_overall" in r for r in ev) else "eval/reward_mean"
+        xs, ys = _series(ev, key)
+        axes[2].plot(xs, ys, marker="o", label=label)
+        kl = {r["iter"]: r["kl/ref_mean"] for r in train}
+        pts = [(kl.get(x, 0.0), y) for x, y in zip(xs, ys, strict=True)]
+        axes[3].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        axes[2].set_ylabel(key)
+        axes[3].set_ylabel(key)
+    axes[0].set(title="training reward", xlabel="iteration", ylabel="reward/mean")
+    axes[1].set(title="exact KL(π_θ ‖ π_base) on trained steps", xlabel="iteration", ylabel="kl/ref_mean")
+    axes[1].set_yscale("symlog", linthresh=1e-6)
+    axes[2].set(title="evaluation (held-out prompts)", xlabel="iteration")
+    axes[3].set(title="evaluation vs KL to base", xlabel="kl/ref_mean")
+    axes[3].set_xscale("symlog", linthresh=1e-6)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
