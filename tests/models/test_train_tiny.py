@@ -1,10 +1,10 @@
-"""Two Flow-DPPO iterations on the tiny SD3 and FLUX pipelines, by hand from ``flowdppo.core``.
+"""A pipeline passed by path trains exactly like the same pipeline passed in memory.
 
-(The trainer did not exist when this was written; this runs the real algorithm of ALGORITHM.md
-§6 from the core pieces: Flow-SDE rollout on the first steps → reward (mean brightness of the
-decoded images) → group advantages → recompute the trained steps → Flow-DPPO loss → AdamW.)
-Checks: only LoRA weights change; the on-policy invariant (KL 0, ρ 1 before the first update of
-each iteration); a pipeline passed by path trains exactly like the in-memory one.
+Two Flow-DPPO iterations run by hand from ``flowdppo.core`` (the trainer takes a config, hence
+a path, so the in-memory case needs the pieces): Flow-SDE rollout on the first steps → reward
+(mean brightness of the decoded images) → group advantages → recompute the trained steps →
+Flow-DPPO loss → AdamW. The on-policy invariant (KL 0, ρ 1) is asserted before each update.
+The trainer itself is exercised in ``test_trainer_tiny.py``.
 """
 
 from __future__ import annotations
@@ -77,32 +77,11 @@ def _iteration(policy, optimizer, guidance_scale: float, seed: int) -> dict[str,
 
 def _train(policy, guidance_scale: float) -> list[dict[str, float]]:
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
-    return [_iteration(policy, optimizer, guidance_scale, seed=10 + i) for i in range(2)]
-
-
-def _all_weights(policy) -> dict[str, torch.Tensor]:
-    pipe = policy.pipeline
-    weights = {}
-    for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
-        module = getattr(pipe, part, None)
-        if module is not None:
-            weights |= {f"{part}.{n}": p.detach().clone() for n, p in module.named_parameters()}
-    return weights
-
-
-def test_two_iterations_change_only_lora_and_stay_on_policy(family: Family) -> None:
-    torch.manual_seed(0)
-    policy = family.policy()
-    before = _all_weights(policy)
-    metrics = _train(policy, family.guidance_scale)
-    for m in metrics:  # before each iteration's update: recomputed μ_θ == stored μ_old
+    metrics = [_iteration(policy, optimizer, guidance_scale, seed=10 + i) for i in range(2)]
+    for m in metrics:  # before each update: recomputed μ_θ == stored μ_old
         assert m["kl_max"] < 1e-10, m
         assert abs(m["ratio/min"] - 1) < 1e-5 and abs(m["ratio/max"] - 1) < 1e-5, m
-    after = _all_weights(policy)
-    changed = {n for n in before if not torch.equal(before[n], after[n])}
-    assert changed, "nothing was trained"
-    assert all(".lora_" in n and n.startswith("transformer.") for n in changed), sorted(changed)
-    assert any(".lora_B." in n for n in changed)
+    return metrics
 
 
 @pytest.mark.parametrize("name", ["sd3", "flux"])
