@@ -220,3 +220,11 @@ def test_multi_reward_weighting_matches_hand_computation(aggregate, expected):
         matrix, group_ids, weights=out.weights, std_mode="group", aggregate=aggregate
     )
     torch.testing.assert_close(adv, torch.tensor(expected), rtol=0, atol=1e-6)
+
+
+def test_every_reward_module_is_registered_by_builtin():
+    from flowdppo.rewards.base import available_rewards
+
+    expected = {"jpeg_compressibility", "jpeg_incompressibility", "clip_score", "pickscore"}
+    expected |= {"aesthetic", "hpsv2", "imagereward", "ocr", "remote"}
+    assert expected <= set(available_rewards())
