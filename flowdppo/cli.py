@@ -90,7 +90,7 @@ def _sample(a: argparse.Namespace) -> int:
     from flowdppo.shapes.evaluate import generate
     from flowdppo.viz import save_grid
 
-    policy, cfg, it = load_run_policy(a.run)
+    policy, cfg, _ = load_run_policy(a.run)
     prompts = [p for p in a.prompt for _ in range(a.n)]
     images = generate(policy, prompts, steps=a.steps or cfg.eval.num_inference_steps,
                       guidance_scale=cfg.eval.guidance_scale if a.cfg is None else a.cfg, seed=a.seed)

@@ -13,8 +13,13 @@ from typing import Any
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its help text (and optional ``choices``) in the metadata."""
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+
+        def factory(d: Any = default) -> Any:
+            return type(d)(d)
+
+        return field(default_factory=factory, metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
 
 

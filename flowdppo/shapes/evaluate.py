@@ -91,8 +91,8 @@ def score_eval(images: torch.Tensor, specs: list[PromptSpec], *, fd_seed: int = 
     metrics["eval/tifa_mean"] = float(s.tifa.mean())
     metrics["eval/clean_frac"] = float(s.clean.mean())
     if with_features:
-        from flowdppo.shapes.metrics import frechet_distance, group_diversity
         from flowdppo.shapes.features import extract_features
+        from flowdppo.shapes.metrics import frechet_distance, group_diversity
 
         ref = render(sample_scenes(specs, np.random.default_rng(fd_seed)))
         feats = extract_features(images)

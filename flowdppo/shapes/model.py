@@ -21,10 +21,10 @@ from torch import nn
 
 from flowdppo.shapes.world import CELL, COLORS, GRID, IMAGE_SIZE, SHAPES
 
-WORDS = (
-    ["<pad>", "<null>", "a", "two", "three", "four", "and", "to", "the", "left", "right", "of"]
-    + ["above", "below", *COLORS, *SHAPES, *(s + "s" for s in SHAPES)]
-)
+WORDS = [
+    *["<pad>", "<null>", "a", "two", "three", "four", "and", "to", "the", "left", "right", "of"],
+    *["above", "below", *COLORS, *SHAPES, *(s + "s" for s in SHAPES)],
+]
 PAD, NULL = 0, 1
 
 

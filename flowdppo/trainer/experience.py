@@ -11,7 +11,7 @@ and the ``kl/ref_mean`` metric). No replay forward pass is made before the updat
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -160,7 +160,7 @@ class Trainer:
                 m = self.step()
                 bar.update(1)
                 bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl_ref=f"{m['kl/ref_mean']:.2e}")
-                if e > 0 and self.iteration % e == 0 or self.iteration == end:
+                if (e > 0 and self.iteration % e == 0) or self.iteration == end:
                     ev = self.evaluate(grid=self.iteration % max(t.sample_every, 1) == 0 or self.iteration == end)
                     if "eval/strict_overall" in ev:
                         bar.write(f"iter {self.iteration}: eval strict {100 * ev['eval/strict_overall']:.1f}%")
