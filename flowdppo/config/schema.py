@@ -144,6 +144,7 @@ class OptimConfig:
 class DataConfig:
     train_prompts: str = _f("shapes:train", "training prompts: shapes:train | shapes:train:<cat>,<cat> | a .txt/.jsonl path")
     eval_prompts: str = _f("shapes:test", "evaluation prompts (same forms)")
+    balance_key: str | None = _f("category", "metadata key whose values are drawn equally often (None: uniform over prompts)")
 
 
 @dataclass

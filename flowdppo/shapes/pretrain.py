@@ -40,6 +40,10 @@ class PretrainConfig:
     seed: int = 0
     threads: int = 1
     checkpoint_every_s: float = 120.0
+    # Recommended sampling of the result, written into the checkpoint's metadata (chosen by
+    # evaluating shift × CFG on the test prompts; see docs/shapes.md, "The base model").
+    sample_shift: float = 1.0
+    sample_guidance_scale: float = 3.0
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -72,8 +76,6 @@ def _save_state(path: Path, step: int, model, ema, opt) -> None:
 
 def pretrain(out: str | Path, cfg: PretrainConfig | None = None, model_cfg: ShapesModelConfig | None = None) -> Path:
     """Train (or resume) into ``out``; returns the path of the final ``model.safetensors``."""
-    from safetensors.torch import save_file
-
     cfg, model_cfg = cfg or PretrainConfig(), model_cfg or ShapesModelConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,12 +121,23 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, model_cfg: Shap
             _save_state(state_path, step, model, ema, opt)
             last_save = time.time()
     bar.close()
-    meta = {"model": json.dumps(model_cfg.to_dict()), "recipe": json.dumps(asdict(cfg))}
     for name, net in (("model", model), ("model_ema", ema)):
-        sd = {k: t.detach().half().contiguous() for k, t in net.state_dict().items()}
-        save_file(sd, str(out / f"{name}.safetensors"), metadata=meta)
+        save_shapes_checkpoint(net.state_dict(), model_cfg, cfg, out / f"{name}.safetensors")
     (out / "config.json").write_text(json.dumps({"model": model_cfg.to_dict(), "recipe": asdict(cfg)}, indent=2))
     return out / "model.safetensors"
+
+
+def save_shapes_checkpoint(state: dict[str, torch.Tensor], model_cfg: ShapesModelConfig, cfg: PretrainConfig, path: str | Path) -> None:
+    """Write float16 weights with the architecture, the recipe and the recommended sampling
+    (``shift``, ``guidance_scale``) as safetensors metadata: what ``ShapesPolicy`` loads."""
+    from safetensors.torch import save_file
+
+    meta = {
+        "model": json.dumps(model_cfg.to_dict()),
+        "recipe": json.dumps(asdict(cfg)),
+        "sampling": json.dumps({"shift": cfg.sample_shift, "guidance_scale": cfg.sample_guidance_scale}),
+    }
+    save_file({k: t.detach().half().contiguous() for k, t in state.items()}, str(path), metadata=meta)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ A source is ``shapes:train`` / ``shapes:test`` (the shipped Shapes split), optio
 to categories (``shapes:train:counting,position``), or a ``.txt`` (one prompt a line) / ``.jsonl``
 (``{"prompt": ..., <metadata>...}``) file. The P prompts of iteration i are positions
 ``[i·P, (i+1)·P)`` of an endless sequence of seeded permutations (one per epoch), so the data
-cursor is the iteration number itself and resuming needs no other state.
+cursor is the iteration number itself and resuming needs no other state. With
+``data.balance_key`` (default ``category``) every category weighs the same: Shapes' position
+prompts (560 of 740) would otherwise dominate the draw.
 """
 
 from __future__ import annotations
@@ -48,6 +50,17 @@ def load_prompts(source: str) -> tuple[list[str], list[dict[str, Any]]]:
     if not prompts:
         raise ValueError(f"prompt file {source} holds no prompts")
     return prompts, [{} for _ in prompts]
+
+
+def balance_by(metadata: list[dict[str, Any]], key: str) -> list[int]:
+    """Indices that give every value of ``metadata[i][key]`` equal weight: each group's indices
+    are repeated (cyclically) up to the size of the largest group. Rows without the key form
+    one group."""
+    groups: dict[Any, list[int]] = {}
+    for i, m in enumerate(metadata):
+        groups.setdefault(m.get(key), []).append(i)
+    size = max(len(g) for g in groups.values())
+    return [g[j % len(g)] for g in groups.values() for j in range(size)]
 
 
 def prompt_indices(num_prompts: int, per_iter: int, iteration: int, seed: int) -> list[int]:

@@ -20,7 +20,7 @@ from flowdppo.config import RunConfig, dump_config
 from flowdppo.core import group_advantages, select_train_steps
 from flowdppo.trainer.build import build_policy, build_run_rewards
 from flowdppo.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from flowdppo.trainer.data import load_prompts, prompt_indices
+from flowdppo.trainer.data import balance_by, load_prompts, prompt_indices
 from flowdppo.trainer.ema import EMA
 from flowdppo.trainer.evaluation import evaluate
 from flowdppo.trainer.experience import Experience, collect, kl_to_reference
@@ -42,9 +42,14 @@ class Trainer:
         if n % self.acc.num_processes:
             raise ValueError(f"sampling.prompts_per_iter × group_size = {n} must divide evenly over {self.acc.num_processes} processes")
         self.num_samples = n
+        # The policy's random initialisation (LoRA A) must be a function of the seed, identical
+        # on every process: torch seeds its default generator differently in every process.
+        torch.manual_seed(cfg.train.seed)
         self.policy = build_policy(cfg, self.acc.device)
         self.rewards = build_run_rewards(cfg)
-        self.prompts, self.metadata = load_prompts(cfg.data.train_prompts)
+        prompts, metadata = load_prompts(cfg.data.train_prompts)
+        order = balance_by(metadata, cfg.data.balance_key) if cfg.data.balance_key else range(len(prompts))
+        self.prompts, self.metadata = [prompts[i] for i in order], [metadata[i] for i in order]
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.ema = EMA(self.policy, o.ema_decay) if o.ema_decay > 0 else None
@@ -67,7 +72,10 @@ class Trainer:
     def _reduce(self, t: torch.Tensor, op: str) -> torch.Tensor:
         if self.acc.num_processes == 1:
             return t
-        return self.acc.reduce(t.to(self.acc.device), reduction=op).cpu() if op == "sum" else _reduce_extreme(self.acc, t, op)
+        # Back on t's own device: gradients live on the parameters' device (a CPU copy of a
+        # CUDA gradient cannot be assigned to ``p.grad``).
+        out = self.acc.reduce(t.to(self.acc.device), reduction=op) if op == "sum" else _reduce_extreme(self.acc, t, op)
+        return out.to(t.device)
 
     def _share(self) -> range:
         per = self.num_samples // self.acc.num_processes
@@ -177,7 +185,7 @@ class Trainer:
 
 
 def _reduce_extreme(acc, t: torch.Tensor, op: str) -> torch.Tensor:
-    gathered = acc.gather(t.to(acc.device).reshape(1, -1)).cpu()  # [P, n]
+    gathered = acc.gather(t.to(acc.device).reshape(1, -1))  # [P, n]
     return gathered.max(0).values if op == "max" else gathered.min(0).values
 
 
