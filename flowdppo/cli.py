@@ -26,11 +26,16 @@ def _train(a: argparse.Namespace) -> int:
     from flowdppo.runs import run_config
     from flowdppo.trainer.trainer import Trainer
 
-    if a.resume:
-        cfg = run_config(a.out) if a.config is None else load_config(a.config, a.set)
+    if a.resume and a.config is None:
+        run_config(a.out)  # a clear error when --out is not a run directory
+        cfg = load_config(Path(a.out) / "config.yaml", a.set)  # --set applies on top of it
+    elif a.resume:
+        cfg = load_config(a.config, a.set)
     else:
         cfg = load_config(a.config, a.set)
-        if (Path(a.out) / "checkpoints" / "latest").exists():
+        # Any trace of a run counts (not only a checkpoint): a fresh run would otherwise append
+        # its metric lines to the old run's metrics.jsonl.
+        if any((Path(a.out) / f).exists() for f in ("checkpoints", "metrics.jsonl", "config.yaml")):
             raise SystemExit(f"error: {a.out} already holds a run; use `flowdppo resume {a.out}` or another --out")
     trainer = Trainer(cfg, a.out, resume=a.resume)
     try:

@@ -46,12 +46,20 @@ def save_checkpoint(run_dir: Path, iteration: int, policy: Any, optimizer: torch
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    marker = run_dir / "checkpoints" / "latest"
-    if not marker.exists():
-        return None
-    path = run_dir / "checkpoints" / marker.read_text().strip()
-    return path if (path / "state.json").exists() else None
+    """The newest complete checkpoint of a run, or None.
+
+    The ``latest`` marker names it; if the marker is missing or names a folder that is gone (a
+    crash while re-saving the same iteration removes the old folder before the rename), the
+    newest ``iter_*`` folder is taken: only complete checkpoints are ever renamed to that name.
+    """
+    root = run_dir / "checkpoints"
+    marker = root / "latest"
+    if marker.exists():
+        path = root / marker.read_text().strip()
+        if (path / "state.json").exists():
+            return path
+    done = sorted(p for p in root.glob("iter_*") if (p / "state.json").exists())
+    return done[-1] if done else None
 
 
 def load_trainable(policy: Any, path: Path, use_ema: bool = False) -> None:

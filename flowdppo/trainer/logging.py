@@ -28,7 +28,10 @@ class RunLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            # On resume, TensorBoard drops the events of steps after the checkpoint (written by
+            # the interrupted run, about to be redone), as metrics.jsonl drops their lines.
+            purge = resume_iter + 1 if resume_iter is not None else None
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
         except ImportError:  # tensorboard is optional for logging
             self._tb = None
 

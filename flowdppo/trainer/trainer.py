@@ -8,9 +8,14 @@ processes after each mini-batch (see ``flowdppo.trainer.update``).
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -54,11 +59,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.ema = EMA(self.policy, o.ema_decay) if o.ema_decay > 0 else None
         self.iteration = 0
+        self._saved_at: int | None = None
         ckpt = latest_checkpoint(self.run_dir) if resume else None
         if resume and ckpt is None:
             raise FileNotFoundError(f"--resume: {self.run_dir} has no checkpoint to resume from")
         if ckpt is not None:
             self.iteration = load_checkpoint(ckpt, self.policy, self.optimizer, self.ema)
+            self._saved_at = self.iteration
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
@@ -154,34 +161,70 @@ class Trainer:
         if self.is_main:
             save_checkpoint(self.run_dir, self.iteration, self.policy, self.optimizer, self.ema)
         self.acc.wait_for_everyone()
+        self._saved_at = self.iteration
+
+    def _stop_requested(self, local: bool) -> bool:
+        """Whether any process was interrupted (all processes must leave the loop together)."""
+        if self.acc.num_processes == 1:
+            return local
+        return bool(self._reduce(torch.tensor([float(local)]), "max")[0] > 0)
 
     def train(self, max_iters: int | None = None, progress: bool = True) -> None:
-        """Run until ``max_iters`` iterations are done; Ctrl-C saves and stops cleanly."""
+        """Run until ``max_iters`` iterations are done.
+
+        Ctrl-C (SIGINT) lets the current iteration finish, saves a checkpoint of it and raises
+        KeyboardInterrupt; a second Ctrl-C aborts at once without saving (the weights may then be
+        half-way through an iteration's updates, which no checkpoint may hold: its iteration
+        number says which rollouts come next, so it must be an iteration boundary).
+        """
         t = self.cfg.train
         end = max_iters if max_iters is not None else t.max_iters
         e = self.cfg.eval.every
-        if self.iteration == 0 and e > 0:
-            self.evaluate()
         bar = tqdm(total=end, initial=self.iteration, desc="train", unit="it", disable=not (progress and self.is_main))
         try:
-            while self.iteration < end:
-                m = self.step()
-                bar.update(1)
-                bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl_ref=f"{m['kl/ref_mean']:.2e}")
-                if (e > 0 and self.iteration % e == 0) or self.iteration == end:
-                    ev = self.evaluate(grid=self.iteration % max(t.sample_every, 1) == 0 or self.iteration == end)
-                    if "eval/strict_overall" in ev:
-                        bar.write(f"iter {self.iteration}: eval strict {100 * ev['eval/strict_overall']:.1f}%")
-                if self.iteration % t.save_every == 0 or self.iteration == end:
+            with _deferred_sigint() as interrupted:
+                if self.iteration == 0 and e > 0:
+                    self.evaluate()
+                while self.iteration < end and not self._stop_requested(interrupted()):
+                    m = self.step()
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl_ref=f"{m['kl/ref_mean']:.2e}")
+                    if (e > 0 and self.iteration % e == 0) or self.iteration == end:
+                        ev = self.evaluate(grid=self.iteration % max(t.sample_every, 1) == 0 or self.iteration == end)
+                        if "eval/strict_overall" in ev:
+                            bar.write(f"iter {self.iteration}: eval strict {100 * ev['eval/strict_overall']:.1f}%")
+                    if self.iteration % t.save_every == 0 or self.iteration == end:
+                        self.save()
+            if self.iteration < end:  # interrupted at an iteration boundary
+                bar.write(f"interrupted: saving iteration {self.iteration} to {self.run_dir}/checkpoints ...")
+                if self._saved_at != self.iteration:
                     self.save()
-        except KeyboardInterrupt:
-            bar.write(f"interrupted: saving iteration {self.iteration} to {self.run_dir}/checkpoints ...")
-            self.save()
-            raise
+                raise KeyboardInterrupt
         finally:
             bar.close()
             self.logger.close()
             self.pool.shutdown(wait=True)
+
+
+@contextmanager
+def _deferred_sigint() -> Iterator[Callable[[], bool]]:
+    """Inside: the first SIGINT only sets a flag (read by the yielded function); a second raises."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hits: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+        print("\nCtrl-C: stopping after this iteration (press again to abort without saving)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _reduce_extreme(acc, t: torch.Tensor, op: str) -> torch.Tensor:

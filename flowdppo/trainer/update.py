@@ -31,24 +31,53 @@ class MetricAccumulator:
 
     def add(self, metrics: dict[str, float], n: float) -> None:
         for k, v in metrics.items():
-            if k.endswith("_max") or k.endswith("/max"):
+            if _is_max(k):
                 self.extremes[k] = max(self.extremes.get(k, -float("inf")), v)
-            elif k.endswith("_min") or k.endswith("/min"):
+            elif _is_extreme(k):
                 self.extremes[k] = min(self.extremes.get(k, float("inf")), v)
             else:
                 self.sums[k] = self.sums.get(k, 0.0) + v * n
                 self.weights[k] = self.weights.get(k, 0.0) + n
 
-    def result(self, reduce: Callable[[torch.Tensor, str], torch.Tensor]) -> dict[str, float]:
-        """Reduce across processes (``reduce(tensor, "sum"|"max"|"min")``) and finish the means."""
+    def result(self, reduce: Callable[[torch.Tensor, str], torch.Tensor], keys: list[str] | None = None) -> dict[str, float]:
+        """Reduce across processes (``reduce(tensor, "sum"|"max"|"min")``) and finish the means.
+
+        ``keys``: the metric names of all processes (every process must issue the same
+        collectives in the same order, also one that saw no terms); default: this one's own.
+        """
         out: dict[str, float] = {}
-        for k in sorted(self.sums):
-            t = reduce(torch.tensor([self.sums[k], self.weights[k]], dtype=torch.float64), "sum")
-            out[k] = float(t[0] / t[1]) if t[1] > 0 else 0.0
-        for k in sorted(self.extremes):
-            op = "max" if k.endswith("max") else "min"
-            out[k] = float(reduce(torch.tensor([self.extremes[k]], dtype=torch.float64), op)[0])
+        names = sorted(set(self.sums) | set(self.extremes)) if keys is None else keys
+        for k in names:
+            if _is_extreme(k):
+                op = "max" if _is_max(k) else "min"
+                v = self.extremes.get(k, -float("inf") if op == "max" else float("inf"))
+                out[k] = float(reduce(torch.tensor([v], dtype=torch.float64), op)[0])
+            else:
+                t = reduce(torch.tensor([self.sums.get(k, 0.0), self.weights.get(k, 0.0)], dtype=torch.float64), "sum")
+                out[k] = float(t[0] / t[1]) if t[1] > 0 else 0.0
         return out
+
+    def keys(self) -> list[str]:
+        return sorted(set(self.sums) | set(self.extremes))
+
+
+def _is_max(k: str) -> bool:
+    return k.endswith("_max") or k.endswith("/max")
+
+
+def _is_extreme(k: str) -> bool:
+    return _is_max(k) or k.endswith("_min") or k.endswith("/min")
+
+
+def all_keys(keys: list[str]) -> list[str]:
+    """The union of the metric names of all processes (``keys`` itself with one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return sorted(keys)
+    gathered: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, sorted(keys))
+    return sorted({k for ks in gathered for k in ks or []})
 
 
 def minibatches(num_samples: int, num_steps: int, valid: torch.Tensor, cfg: RunConfig, iteration: int) -> list[torch.Tensor]:
@@ -92,9 +121,12 @@ def update_policy(
     k = exp.std.shape[1]
     lo = int(exp.sample_ids[0])
     acc, first = MetricAccumulator(), MetricAccumulator()
-    for u, mb in enumerate(minibatches(num_samples, k, valid_global, cfg, iteration)):
+    batches = [mb for mb in minibatches(num_samples, k, valid_global, cfg, iteration) if mb.numel() > 0]
+    for u, mb in enumerate(batches):
         mine = mb[(mb // k >= lo) & (mb // k < lo + len(exp.prompts))] - lo * k  # local pair ids
-        for micro in torch.split(mine, cfg.optim.micro_batch_size):
+        # A process may hold none of a mini-batch's pairs: it adds no term (the mean of an empty
+        # micro-batch is NaN) but still joins the gradient sum below.
+        for micro in torch.split(mine, cfg.optim.micro_batch_size) if mine.numel() else ():
             out = _micro_loss(policy, exp, micro, cfg)
             (out.loss * (micro.numel() / mb.numel())).backward()
             acc.add(out.metrics, micro.numel())
@@ -109,8 +141,11 @@ def update_policy(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         after_step()
-    metrics = acc.result(reduce)
-    pre = first.result(reduce)  # the first update runs before any optimizer step: on-policy
+    keys = all_keys(acc.keys())
+    metrics = acc.result(reduce, keys)
+    pre = first.result(reduce, keys)  # the first update runs before any optimizer step: on-policy
     metrics["check/onpolicy_kl_max"] = pre.get("kl/old_new_max", 0.0)
     metrics["check/onpolicy_ratio_err_max"] = max(abs(pre.get("ratio/max", 1.0) - 1), abs(pre.get("ratio/min", 1.0) - 1))
+    if "kl/ref_mean" in metrics:  # the β-penalty's KL(π_θ ‖ π_ref) during the updates; the trainer's
+        metrics["kl/ref_update_mean"] = metrics.pop("kl/ref_mean")  # kl/ref_mean is the rollout's
     return metrics
