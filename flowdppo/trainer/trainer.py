@@ -136,7 +136,7 @@ class Trainer:
         metrics["kl/ref_mean"] = float(kl_sum[0] / kl_sum[1])
         metrics["kl/ref_max"] = float(self._reduce(torch.tensor([kl_ref.max().item() if kl_ref.numel() else 0.0]), "max")[0])
         metrics["time/iter_s"] = time.perf_counter() - t0
-        if metrics["check/onpolicy_kl_max"] > self.cfg.train.on_policy_tol:
+        if not metrics["check/onpolicy_kl_max"] <= self.cfg.train.on_policy_tol:  # NaN fails too
             warnings.warn(f"iteration {it}: on-policy check failed: KL(old‖new) before the first update = "
                           f"{metrics['check/onpolicy_kl_max']:.3g} > train.on_policy_tol={self.cfg.train.on_policy_tol:g}; "
                           "the forward pass depends on batch composition or precision", stacklevel=2)
