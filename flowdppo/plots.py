@@ -25,7 +25,11 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
         label = Path(run).name
         axes[0].plot(*_series(train, "reward/mean"), label=label)
         axes[1].plot(*_series(train, "kl/ref_mean"), label=label)
-        key = "eval/strict_overall" if any("eval/strict_overall" in r for r in ev) else "eval/reward_mean"
+        key = (
+            "eval/strict_overall"
+            if any("eval/strict_overall" in r for r in ev)
+            else "eval/reward_mean"
+        )
         xs, ys = _series(ev, key)
         axes[2].plot(xs, ys, marker="o", label=label)
         kl = {r["iter"]: r["kl/ref_mean"] for r in train}
@@ -34,7 +38,9 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
         axes[2].set_ylabel(key)
         axes[3].set_ylabel(key)
     axes[0].set(title="training reward", xlabel="iteration", ylabel="reward/mean")
-    axes[1].set(title="exact KL(π_θ ‖ π_base) on trained steps", xlabel="iteration", ylabel="kl/ref_mean")
+    axes[1].set(
+        title="exact KL(π_θ ‖ π_base) on trained steps", xlabel="iteration", ylabel="kl/ref_mean"
+    )
     axes[1].set_yscale("symlog", linthresh=1e-6)
     axes[2].set(title="evaluation (held-out prompts)", xlabel="iteration")
     axes[3].set(title="evaluation vs KL to base", xlabel="kl/ref_mean")

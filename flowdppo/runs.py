@@ -18,7 +18,9 @@ def run_config(run_dir: str | Path) -> RunConfig:
     return load_config(path)
 
 
-def load_run_policy(run_dir: str | Path, *, use_ema: bool | None = None, device: str | None = None) -> tuple[Any, RunConfig, int]:
+def load_run_policy(
+    run_dir: str | Path, *, use_ema: bool | None = None, device: str | None = None
+) -> tuple[Any, RunConfig, int]:
     """(policy with the latest checkpoint's weights, config, iteration). EMA weights by default
     when the run kept an EMA; iteration 0 (the base model) when there is no checkpoint yet."""
     from flowdppo.trainer.build import build_policy

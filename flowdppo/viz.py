@@ -11,8 +11,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 def save_grid(
-    images: torch.Tensor, captions: list[str], path: str | Path, *, marks: list[bool | None] | None = None,
-    cols: int = 8, cell: int = 128,
+    images: torch.Tensor,
+    captions: list[str],
+    path: str | Path,
+    *,
+    marks: list[bool | None] | None = None,
+    cols: int = 8,
+    cell: int = 128,
 ) -> Path:
     """Save images [N, 3, H, W] in [0, 1] as a captioned PNG grid; marks colour the frame
     green (pass) / red (fail). Returns the path."""
@@ -26,7 +31,14 @@ def save_grid(
     text_h = 44
     sheet = Image.new("RGB", (cols * (cell + 8), rows * (cell + 8 + text_h)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = (
+        (images.detach().float().clamp(0, 1) * 255)
+        .round()
+        .to(torch.uint8)
+        .permute(0, 2, 3, 1)
+        .cpu()
+        .numpy()
+    )
     for i in range(n):
         r, c = divmod(i, cols)
         x0, y0 = c * (cell + 8) + 4, r * (cell + 8 + text_h) + 4
@@ -35,7 +47,9 @@ def save_grid(
         tile = Image.fromarray(np.ascontiguousarray(arr[i])).resize((cell, cell), Image.NEAREST)
         sheet.paste(tile, (x0, y0))
         lines = textwrap.wrap(captions[i], width=cell // 6)[:3]
-        draw.multiline_text((x0, y0 + cell + 4), "\n".join(lines), fill=(0, 0, 0), font=font, spacing=1)
+        draw.multiline_text(
+            (x0, y0 + cell + 4), "\n".join(lines), fill=(0, 0, 0), font=font, spacing=1
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)

@@ -31,10 +31,14 @@ def load_named(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     named = {n: p for n, p in module.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(set(named) - set(state)), sorted(set(state) - set(named))
     if missing or unexpected:
-        raise KeyError(f"trainable weights do not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise KeyError(
+            f"trainable weights do not match: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     with torch.no_grad():
         for n, p in named.items():
             p.copy_(state[n].to(p.device, p.dtype))
+
+
 DEFAULT_SHIFT = 1.0
 
 

@@ -24,7 +24,9 @@ from flowdppo.shapes.render import render, to_uint8
 from flowdppo.shapes.score import score_images
 
 
-def eval_specs(n_per_category: int, split: str = "test", categories: tuple[str, ...] = CATEGORIES) -> list[PromptSpec]:
+def eval_specs(
+    n_per_category: int, split: str = "test", categories: tuple[str, ...] = CATEGORIES
+) -> list[PromptSpec]:
     """``n_per_category`` prompts per category, cycling through the split's prompts in order."""
     if n_per_category < 1:
         raise ValueError(f"n_per_category must be >= 1, got {n_per_category}")
@@ -37,17 +39,32 @@ def eval_specs(n_per_category: int, split: str = "test", categories: tuple[str, 
 
 
 @torch.no_grad()
-def generate(policy: Any, prompts: list[str], *, steps: int, guidance_scale: float, seed: int,
-             batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+def generate(
+    policy: Any,
+    prompts: list[str],
+    *,
+    steps: int,
+    guidance_scale: float,
+    seed: int,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
     """ODE samples of ``prompts``: images [N, 3, H, W] in [0, 1]; noise of sample j seeded (seed, j)."""
     out = []
     sigmas = policy.sigmas(steps)
-    for lo in tqdm(range(0, len(prompts), batch_size), desc="sampling", disable=not progress, unit="batch"):
+    for lo in tqdm(
+        range(0, len(prompts), batch_size), desc="sampling", disable=not progress, unit="batch"
+    ):
         chunk = prompts[lo : lo + batch_size]
-        noise = torch.stack([
-            torch.randn(*policy.latent_shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + j))
-            for j in range(lo, lo + len(chunk))
-        ]).to(policy.device)
+        noise = torch.stack(
+            [
+                torch.randn(
+                    *policy.latent_shape,
+                    generator=torch.Generator().manual_seed(seed * 1_000_003 + j),
+                )
+                for j in range(lo, lo + len(chunk))
+            ]
+        ).to(policy.device)
         cond = policy.encode_prompts(chunk)
         vel = lambda x, s, c=cond: policy.velocity(x, s, c, guidance_scale)  # noqa: E731
         out.append(policy.decode(sample(vel, noise, sigmas, sampler="ode").latents).cpu())
@@ -74,7 +91,9 @@ class EvalResult:
     passed: np.ndarray
 
 
-def score_eval(images: torch.Tensor, specs: list[PromptSpec], *, fd_seed: int = 0, with_features: bool = True) -> EvalResult:
+def score_eval(
+    images: torch.Tensor, specs: list[PromptSpec], *, fd_seed: int = 0, with_features: bool = True
+) -> EvalResult:
     """Score generated images of ``specs``: accuracy table, TIFA, FD, diversity."""
     s = score_images(to_uint8(images), specs)
     cats = np.array([sp.category for sp in specs])
@@ -85,7 +104,16 @@ def score_eval(images: torch.Tensor, specs: list[PromptSpec], *, fd_seed: int = 
             continue
         k, n = int(s.geneval[m].sum()), int(m.sum())
         lo, hi = wilson(k, n)
-        table.append({"category": cat, "n": n, "strict": k / n, "ci_low": lo, "ci_high": hi, "tifa": float(s.tifa[m].mean())})
+        table.append(
+            {
+                "category": cat,
+                "n": n,
+                "strict": k / n,
+                "ci_low": lo,
+                "ci_high": hi,
+                "tifa": float(s.tifa[m].mean()),
+            }
+        )
         metrics[f"eval/strict_{cat}"] = k / n
     metrics["eval/strict_overall"] = float(np.mean([r["strict"] for r in table]))
     metrics["eval/tifa_mean"] = float(s.tifa.mean())
@@ -107,11 +135,23 @@ def score_eval(images: torch.Tensor, specs: list[PromptSpec], *, fd_seed: int = 
 
 def markdown_table(result: EvalResult, title: str = "") -> str:
     """The GenEval-style table as markdown."""
-    lines = [f"### {title}" if title else "", "", "| category | n | strict | 95% CI | TIFA |", "|---|---|---|---|---|"]
+    lines = [
+        f"### {title}" if title else "",
+        "",
+        "| category | n | strict | 95% CI | TIFA |",
+        "|---|---|---|---|---|",
+    ]
     for r in result.table:
-        lines.append(f"| {r['category']} | {r['n']} | {100 * r['strict']:.1f}% | [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] | {r['tifa']:.3f} |")
+        lines.append(
+            f"| {r['category']} | {r['n']} | {100 * r['strict']:.1f}% | [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] | {r['tifa']:.3f} |"
+        )
     m = result.metrics
-    lines.append(f"| **overall** | {sum(r['n'] for r in result.table)} | **{100 * m['eval/strict_overall']:.1f}%** | | {m['eval/tifa_mean']:.3f} |")
-    extra = [f"FD {m['eval/fd']:.2f}" if "eval/fd" in m else "", f"diversity {m['eval/diversity']:.3f}" if "eval/diversity" in m else ""]
+    lines.append(
+        f"| **overall** | {sum(r['n'] for r in result.table)} | **{100 * m['eval/strict_overall']:.1f}%** | | {m['eval/tifa_mean']:.3f} |"
+    )
+    extra = [
+        f"FD {m['eval/fd']:.2f}" if "eval/fd" in m else "",
+        f"diversity {m['eval/diversity']:.3f}" if "eval/diversity" in m else "",
+    ]
     lines += ["", ", ".join(e for e in extra if e)]
     return "\n".join(lines).strip() + "\n"

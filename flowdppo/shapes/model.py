@@ -57,7 +57,9 @@ def tokenize(prompts: list[str], max_tokens: int) -> torch.Tensor:
             raise ValueError(f"prompt {p!r}: {len(words)} words > max_tokens={max_tokens}")
         for j, w in enumerate(words):
             if w not in WORDS:
-                raise ValueError(f"prompt {p!r}: unknown word {w!r} (Shapes vocabulary: {WORDS[2:]})")
+                raise ValueError(
+                    f"prompt {p!r}: unknown word {w!r} (Shapes vocabulary: {WORDS[2:]})"
+                )
             ids[i, j] = WORDS.index(w)
     return ids
 
@@ -128,7 +130,9 @@ class ShapesFlowModel(nn.Module):
         w, cs, ch = cfg.width, cfg.stem_channels, cfg.head_channels
         self.text = TextEncoder(cfg)
         self.text_proj = nn.Linear(cfg.text_width, w)
-        self.stem = nn.Sequential(nn.Conv2d(3, cs, 3, padding=1), nn.SiLU(), nn.Conv2d(cs, cs, 3, padding=1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, cs, 3, padding=1), nn.SiLU(), nn.Conv2d(cs, cs, 3, padding=1)
+        )
         self.patch = nn.Conv2d(cs, w, CELL, stride=CELL)
         self.img_pos = nn.Parameter(torch.randn(GRID * GRID, w) * 0.02)
         self.txt_type = nn.Parameter(torch.zeros(w))
@@ -153,7 +157,9 @@ class ShapesFlowModel(nn.Module):
         tokens, mask = self.text(ids)
         return {"text": tokens, "mask": mask}
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """x [B, 3, 32, 32], sigma [B], text [B, L, Tw], mask [B, L] → v [B, 3, 32, 32]."""
         b = x.shape[0]
         cs = self.cfg.stem_channels

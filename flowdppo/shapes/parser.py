@@ -88,7 +88,9 @@ def parse_images(images: np.ndarray) -> list[ParsedImage]:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
         # float images in [0, 1] would otherwise all be "background": clean and empty, silently
         got = getattr(images, "dtype", type(images))
-        raise ValueError(f"images: expected a uint8 numpy array [N, H, W, 3] (render.to_uint8), got {got}")
+        raise ValueError(
+            f"images: expected a uint8 numpy array [N, H, W, 3] (render.to_uint8), got {got}"
+        )
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images: expected shape [N, H, W, 3], got {images.shape}")
     n = images.shape[0]

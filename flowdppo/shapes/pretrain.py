@@ -51,7 +51,9 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.final_lr_frac + (1 - cfg.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+    return cfg.lr * (
+        cfg.final_lr_frac + (1 - cfg.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
+    )
 
 
 def make_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec]]):
@@ -70,11 +72,21 @@ def make_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec
 
 def _save_state(path: Path, step: int, model, ema, opt) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}, tmp)
+    torch.save(
+        {
+            "step": step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+        },
+        tmp,
+    )
     tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
 
 
-def pretrain(out: str | Path, cfg: PretrainConfig | None = None, model_cfg: ShapesModelConfig | None = None) -> Path:
+def pretrain(
+    out: str | Path, cfg: PretrainConfig | None = None, model_cfg: ShapesModelConfig | None = None
+) -> Path:
     """Train (or resume) into ``out``; returns the path of the final ``model.safetensors``."""
     cfg, model_cfg = cfg or PretrainConfig(), model_cfg or ShapesModelConfig()
     out = Path(out)
@@ -89,7 +101,11 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, model_cfg: Shap
     state_path, step = out / "pretrain_state.pt", 0
     if state_path.exists():
         st = torch.load(state_path, weights_only=True)
-        model.load_state_dict(st["model"]), ema.load_state_dict(st["ema"]), opt.load_state_dict(st["opt"])
+        (
+            model.load_state_dict(st["model"]),
+            ema.load_state_dict(st["ema"]),
+            opt.load_state_dict(st["opt"]),
+        )
         step = st["step"]
     by_cat: dict[str, list[PromptSpec]] = {c: [] for c in CATEGORIES}
     for s in load_split("train"):
@@ -115,7 +131,17 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, model_cfg: Shap
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr_at(step - 1, cfg), "time_s": time.time() - t0}) + "\n")
+        log.write(
+            json.dumps(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "lr": lr_at(step - 1, cfg),
+                    "time_s": time.time() - t0,
+                }
+            )
+            + "\n"
+        )
         if time.time() - last_save > cfg.checkpoint_every_s or step == cfg.steps:
             log.flush()
             _save_state(state_path, step, model, ema, opt)
@@ -123,11 +149,18 @@ def pretrain(out: str | Path, cfg: PretrainConfig | None = None, model_cfg: Shap
     bar.close()
     for name, net in (("model", model), ("model_ema", ema)):
         save_shapes_checkpoint(net.state_dict(), model_cfg, cfg, out / f"{name}.safetensors")
-    (out / "config.json").write_text(json.dumps({"model": model_cfg.to_dict(), "recipe": asdict(cfg)}, indent=2))
+    (out / "config.json").write_text(
+        json.dumps({"model": model_cfg.to_dict(), "recipe": asdict(cfg)}, indent=2)
+    )
     return out / "model.safetensors"
 
 
-def save_shapes_checkpoint(state: dict[str, torch.Tensor], model_cfg: ShapesModelConfig, cfg: PretrainConfig, path: str | Path) -> None:
+def save_shapes_checkpoint(
+    state: dict[str, torch.Tensor],
+    model_cfg: ShapesModelConfig,
+    cfg: PretrainConfig,
+    path: str | Path,
+) -> None:
     """Write float16 weights with the architecture, the recipe and the recommended sampling
     (``shift``, ``guidance_scale``) as safetensors metadata: what ``ShapesPolicy`` loads."""
     from safetensors.torch import save_file
@@ -135,9 +168,13 @@ def save_shapes_checkpoint(state: dict[str, torch.Tensor], model_cfg: ShapesMode
     meta = {
         "model": json.dumps(model_cfg.to_dict()),
         "recipe": json.dumps(asdict(cfg)),
-        "sampling": json.dumps({"shift": cfg.sample_shift, "guidance_scale": cfg.sample_guidance_scale}),
+        "sampling": json.dumps(
+            {"shift": cfg.sample_shift, "guidance_scale": cfg.sample_guidance_scale}
+        ),
     }
-    save_file({k: t.detach().half().contiguous() for k, t in state.items()}, str(path), metadata=meta)
+    save_file(
+        {k: t.detach().half().contiguous() for k, t in state.items()}, str(path), metadata=meta
+    )
 
 
 if __name__ == "__main__":

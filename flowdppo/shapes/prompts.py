@@ -71,7 +71,12 @@ class PromptSpec:
             out.append({"kind": "present", "color": COLORS[g.color], "shape": SHAPES[g.shape]})
             if g.count > 1:
                 out.append(
-                    {"kind": "count", "color": COLORS[g.color], "shape": SHAPES[g.shape], "n": g.count}
+                    {
+                        "kind": "count",
+                        "color": COLORS[g.color],
+                        "shape": SHAPES[g.shape],
+                        "n": g.count,
+                    }
                 )
         if self.relation is not None:
             out.append({"kind": "relation", "relation": self.relation, "a": 0, "b": 1})
@@ -80,10 +85,14 @@ class PromptSpec:
 
 def _object_phrase(words: list[str], text: str) -> ObjectGroup:
     if len(words) != 3:
-        raise ValueError(f"prompt {text!r}: expected '<a|two|three|four> <color> <shape>', got {' '.join(words)!r}")
+        raise ValueError(
+            f"prompt {text!r}: expected '<a|two|three|four> <color> <shape>', got {' '.join(words)!r}"
+        )
     num, color, shape = words
     if num not in NUMBER_WORDS:
-        raise ValueError(f"prompt {text!r}: count {num!r} out of range; expected one of {list(NUMBER_WORDS)}")
+        raise ValueError(
+            f"prompt {text!r}: count {num!r} out of range; expected one of {list(NUMBER_WORDS)}"
+        )
     count = NUMBER_WORDS[num]
     if count > 1:
         if not shape.endswith("s"):
@@ -120,7 +129,9 @@ def parse_prompt(text: str) -> PromptSpec:
             left, right = t.split(key, 1)
             groups = (_object_phrase(left.split(), text), _object_phrase(right.split(), text))
             if any(g.count != 1 for g in groups):
-                raise ValueError(f"prompt {text!r}: position prompts relate single objects ('a ...')")
+                raise ValueError(
+                    f"prompt {text!r}: position prompts relate single objects ('a ...')"
+                )
             if groups[0] == groups[1]:
                 raise ValueError(f"prompt {text!r}: a relation needs two different objects")
             return PromptSpec("position", groups, rel)
@@ -142,10 +153,14 @@ def all_prompts(category: str) -> list[PromptSpec]:
         return [PromptSpec(category, (o,)) for o in objs]
     if category == "counting":
         return [
-            PromptSpec(category, (ObjectGroup(o.color, o.shape, n),)) for n in (2, 3, 4) for o in objs
+            PromptSpec(category, (ObjectGroup(o.color, o.shape, n),))
+            for n in (2, 3, 4)
+            for o in objs
         ]
     if category == "position":
-        return [PromptSpec(category, (a, b), r) for a, b in permutations(objs, 2) for r in RELATIONS]
+        return [
+            PromptSpec(category, (a, b), r) for a, b in permutations(objs, 2) for r in RELATIONS
+        ]
     if category not in CATEGORIES:
         raise ValueError(f"category: unknown {category!r}; expected one of {CATEGORIES}")
     pairs = [(a, b) for a, b in permutations(objs, 2)]
@@ -173,7 +188,10 @@ def write_split(directory: str) -> None:
     d.mkdir(parents=True, exist_ok=True)
     for name, specs in make_split().items():
         (d / f"{name}.txt").write_text("".join(s.text + "\n" for s in specs))
-        rows = [json.dumps({"prompt": s.text, "category": s.category, "atoms": s.atoms()}) for s in specs]
+        rows = [
+            json.dumps({"prompt": s.text, "category": s.category, "atoms": s.atoms()})
+            for s in specs
+        ]
         (d / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
 
 
@@ -188,7 +206,9 @@ def load_split(name: str) -> tuple[PromptSpec, ...]:
         row = json.loads(line)
         spec = parse_prompt(row["prompt"])
         if spec.category != row["category"]:
-            raise ValueError(f"{path}: {row['prompt']!r} has category {row['category']!r}, parsed {spec.category!r}")
+            raise ValueError(
+                f"{path}: {row['prompt']!r} has category {row['category']!r}, parsed {spec.category!r}"
+            )
         specs.append(spec)
     return tuple(specs)
 

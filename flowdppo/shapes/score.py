@@ -36,7 +36,9 @@ def relation_holds(relation: str, a: Detection, b: Detection) -> bool:
 
 def check_atoms(spec: PromptSpec, parsed: ParsedImage) -> list[bool]:
     """Truth of each atom of ``spec.atoms()`` on the parsed image, in the same order."""
-    found = [[o for o in parsed.objects if (o.color, o.shape) == (g.color, g.shape)] for g in spec.groups]
+    found = [
+        [o for o in parsed.objects if (o.color, o.shape) == (g.color, g.shape)] for g in spec.groups
+    ]
     out: list[bool] = []
     for g, objs in zip(spec.groups, found, strict=True):
         out.append(len(objs) >= 1)
