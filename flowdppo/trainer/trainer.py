@@ -204,6 +204,10 @@ class Trainer:
             bar.close()
             self.logger.close()
             self.pool.shutdown(wait=True)
+            if self.acc.num_processes > 1:
+                # Exiting with the gloo process group alive aborts a process now and then
+                # ("terminate called without an active exception", SIGABRT) after a good run.
+                self.acc.end_training()
 
 
 @contextmanager
