@@ -78,9 +78,9 @@ class SamplingConfig:
         pool = int(self.num_inference_steps * f1) - int(self.num_inference_steps * f0)
         # CPS's std is σ'·sin(ηπ/2): 0 on the last step (σ' = 0), which has no density to train
         # (its KL and divergence metrics would be 0/0 = NaN).
-        _check(self.sampler != "cps" or int(self.num_inference_steps * f1) < self.num_inference_steps,
+        _check(not self.sampler.startswith("cps") or int(self.num_inference_steps * f1) < self.num_inference_steps,
                "sampling.train_pool", self.train_pool,
-               f"f1 with floor(T·f1) < T={self.num_inference_steps} for sampler cps (its last step has std 0)")
+               f"f1 with floor(T·f1) < T={self.num_inference_steps} for sampler {self.sampler} (its last step has std 0)")
         _check(1 <= self.train_steps <= pool, "sampling.train_steps", self.train_steps,
                f"an int in [1, {pool}] (the pool has {pool} steps of T={self.num_inference_steps})")
         _check(self.prompts_per_iter >= 1, "sampling.prompts_per_iter", self.prompts_per_iter, "an int >= 1")
