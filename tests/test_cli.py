@@ -1,0 +1,138 @@
+"""The ``flowdppo`` command line end to end, each command in a subprocess, on a tiny random
+Shapes checkpoint: train → resume → eval → sample → plot, shapes render, config errors, a
+refused --out, and Ctrl-C (exit 130, a checkpoint of the last whole iteration, resumable)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from trainer.tiny import (
+    build_tiny_checkpoint,
+    cli,
+    read_lines,
+    register_test_rewards,
+    tiny_overrides,
+)
+
+
+def _sets(ckpt: Path, *extra: str) -> list[str]:
+    return [a for s in tiny_overrides(ckpt, *extra) for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    register_test_rewards()
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("cli") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def run(ckpt, tmp_path_factory) -> Path:
+    """flowdppo train (2 iterations), then flowdppo resume to 3."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    proc = cli("train", "--out", str(out), *_sets(ckpt, "eval.every=2"), "--max-iters", "2")
+    assert f"run saved in {out}" in proc.stdout
+    assert [r["iter"] for r in read_lines(out)] == [1, 2]
+    assert (out / "checkpoints" / "latest").read_text() == "iter_000002"
+    cli("resume", str(out), "--max-iters", "3")
+    return out
+
+
+def test_train_then_resume(run) -> None:
+    assert [r["iter"] for r in read_lines(run)] == [1, 2, 3]
+    assert [r["iter"] for r in read_lines(run, "eval")] == [0, 2, 3]
+    assert (run / "checkpoints" / "latest").read_text() == "iter_000003"
+    assert (run / "samples" / "iter_000003.png").exists()
+
+
+def test_eval(run) -> None:
+    proc = cli("eval", "--run", str(run), "--n", "2", "--steps", "4")
+    out = run / "eval" / "iter_000003"
+    metrics = json.loads((out / "eval.json").read_text())
+    assert 0.0 <= metrics["eval/strict_overall"] <= 1.0
+    assert sum(row["n"] for row in metrics["table"]) == 2 * 6  # 2 per category
+    assert (out / "eval.md").exists() and (out / "grid.png").exists()
+    assert "| **overall** | 12 |" in proc.stdout
+
+
+def test_sample(run, tmp_path) -> None:
+    cli(
+        "sample",
+        "--run",
+        str(run),
+        "--prompt",
+        "a red circle",
+        "--n",
+        "2",
+        "--steps",
+        "4",
+        "--out",
+        str(tmp_path / "g.png"),
+    )
+    assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_plot(run, tmp_path) -> None:
+    cli("plot", "--run", str(run), "--out", str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_shapes_render(tmp_path) -> None:
+    cli("shapes", "render", "--prompt", "three red circles", "--out", str(tmp_path / "r.png"))
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_bad_config_key_exits_2_and_names_it(ckpt, tmp_path) -> None:
+    proc = cli("train", "--out", str(tmp_path / "x"), *_sets(ckpt, "loss.deltaa=1e-6"), check=False)
+    assert proc.returncode == 2
+    assert "loss.deltaa" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x").exists()
+    proc = cli("train", "--out", str(tmp_path / "x"), *_sets(ckpt, "loss.delta=-1"), check=False)
+    assert proc.returncode == 2 and "loss.delta: expected a number > 0, got -1.0" in proc.stderr
+
+
+def test_train_refuses_an_out_holding_a_run(run) -> None:
+    before = (run / "metrics.jsonl").read_text()
+    proc = cli("train", "--out", str(run), "--set", "train.threads=1", check=False)
+    assert proc.returncode != 0 and "already holds a run" in proc.stderr
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_ctrl_c_saves_the_last_whole_iteration_and_resumes(ckpt, tmp_path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    args = [
+        "train",
+        "--out",
+        str(out),
+        *_sets(ckpt, "train.save_every=1000"),
+        "--max-iters",
+        "100000",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowdppo.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "resume with: flowdppo resume" in stderr
+    done = [r["iter"] for r in read_lines(out)]
+    assert done == list(range(1, len(done) + 1))
+    # save_every=1000: this checkpoint is the interrupt's, of the last complete iteration
+    assert (out / "checkpoints" / "latest").read_text() == f"iter_{done[-1]:06d}"
+    cli("resume", str(out), "--max-iters", str(done[-1] + 1))
+    assert [r["iter"] for r in read_lines(out)] == [*done, done[-1] + 1]
