@@ -20,7 +20,7 @@ import torch
 from flowdppo.config.schema import RunConfig
 from flowdppo.core import gaussian_kl, recompute_step, sample
 from flowdppo.models.base import Policy
-from flowdppo.rewards.compute import RewardBatch, compute_rewards
+from flowdppo.rewards.compute import RewardBatch, RewardError, compute_rewards
 
 
 @dataclass
@@ -112,8 +112,23 @@ def collect(
 
 def _score(rewards: list, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]], on_error: str):
     t0 = time.perf_counter()
-    batch = compute_rewards(rewards, images, prompts, metadata, on_error=on_error)
+    try:
+        batch = compute_rewards(rewards, images, prompts, metadata, on_error=on_error)
+    except RewardError:
+        # With "drop", compute_rewards raises only when every sample of *its* call failed; here
+        # that is one forward batch, not the iteration: drop them all and let the gathered
+        # global batch decide (Trainer.advantages fails only if no sample is left at all).
+        if on_error != "drop":
+            raise
+        batch = _all_dropped(rewards, images.shape[0])
     return batch, time.perf_counter() - t0
+
+
+def _all_dropped(rewards: list, n: int) -> RewardBatch:
+    names = [r.name for r in rewards]
+    weights = torch.tensor([r.weight for r in rewards], dtype=torch.float32)
+    scores = {name: torch.zeros(n) for name in names}
+    return RewardBatch(names, weights, scores, torch.zeros(n, dtype=torch.bool), {}, {})
 
 
 def _merge(scored: list) -> RewardBatch:

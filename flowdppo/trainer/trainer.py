@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from flowdppo.config import RunConfig, dump_config
 from flowdppo.core import group_advantages, select_train_steps
+from flowdppo.rewards.compute import RewardError
 from flowdppo.trainer.build import build_policy, build_run_rewards
 from flowdppo.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from flowdppo.trainer.data import balance_by, load_prompts, prompt_indices
@@ -105,6 +106,9 @@ class Trainer:
         rb = exp.rewards
         scores = self.acc.gather(rb.matrix().to(self.acc.device)).cpu()  # [N, R], sample order
         valid = self.acc.gather(rb.valid.to(self.acc.device)).cpu()
+        if not bool(valid.any()):
+            raise RewardError(f"iteration {self.iteration + 1}: every sample of the global batch was dropped by the rewards "
+                              f"({self.num_samples} samples; reward_on_error=drop); see the warnings above for the errors")
         groups = torch.arange(self.num_samples) // self.cfg.sampling.group_size
         adv = torch.zeros(self.num_samples)
         a = self.cfg.advantage

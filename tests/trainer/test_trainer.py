@@ -8,6 +8,7 @@ exact resumption: 2 + 2 iterations with a restart equal 4 uninterrupted ones, bi
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -172,3 +173,33 @@ def test_resume_ignores_a_stale_temporary_checkpoint(tiny_ckpt, tmp_path) -> Non
 def test_resume_without_checkpoint_is_an_error(tiny_ckpt, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(tiny_config(tiny_ckpt), tmp_path / "empty", resume=True)
+
+
+def test_drop_policy_survives_a_forward_batch_that_fails_entirely(tiny_ckpt, tmp_path) -> None:
+    """reward_on_error: drop. One forward batch (one group here) fails as a whole: its samples
+    are dropped (A = 0) and the iteration goes on; only a fully dropped global batch is fatal."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\ntwo blue squares\n")
+    cfg = tiny_config(
+        tiny_ckpt,
+        f"data.train_prompts={prompts}",
+        "data.balance_key=null",
+        "reward_on_error=drop",
+        "rewards=[{name: test_fails_on_squares}]",
+        "sampling.batch_size=2",
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    m = trainer.step()
+    assert m["reward/dropped"] == 2.0  # the two samples of "two blue squares"
+    assert m["adv/abs_mean"] > 0.5 and math.isfinite(m["loss/policy"])
+    cfg = tiny_config(
+        tiny_ckpt,
+        "data.train_prompts=shapes:train:counting",
+        "reward_on_error=drop",
+        "rewards=[{name: test_fails_on_squares}]",
+        "sampling.batch_size=2",
+    )
+    trainer = Trainer(cfg, tmp_path / "run2")
+    trainer.prompts = ["two blue squares"] * len(trainer.prompts)
+    with pytest.raises(RuntimeError, match="every sample of the global batch was dropped"):
+        trainer.step()

@@ -125,3 +125,12 @@ def register_test_rewards() -> None:
 
         def __call__(self, images, prompts, metadata):
             return RewardOutput(scores=images[:, 0].float().mean(dim=(1, 2)), details={})
+
+    @register_reward("test_fails_on_squares")
+    class TestFailsOnSquares(TestRed):
+        """``test_red``, but raises for any batch holding a prompt with "square" in it."""
+
+        def __call__(self, images, prompts, metadata):
+            if any("square" in p for p in prompts):
+                raise RuntimeError("cannot score squares")
+            return super().__call__(images, prompts, metadata)
