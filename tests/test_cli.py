@@ -51,6 +51,29 @@ def test_train_then_resume(run) -> None:
     assert (run / "samples" / "iter_000003.png").exists()
 
 
+def test_resume_in_a_new_process_is_exact(run, ckpt, tmp_path) -> None:
+    """The fixture's run (2 iterations, then `flowdppo resume` to 3 in a new process) equals an
+    uninterrupted 3-iteration run: every metric line bar wall-clock times, and the weights
+    (trainable and optimizer state) of the final checkpoint, bitwise."""
+    import torch
+    from safetensors.torch import load_file
+    from trainer.tiny import without_time
+
+    out = tmp_path / "straight"
+    cli("train", "--out", str(out), *_sets(ckpt, "eval.every=2"), "--max-iters", "3")
+    assert without_time(read_lines(out, None)) == without_time(read_lines(run, None))
+    final = "checkpoints/iter_000003"
+    a, b = (
+        load_file(str(out / final / "trainable.safetensors")),
+        load_file(str(run / final / "trainable.safetensors")),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    oa, ob = (
+        torch.load(r / final / "optimizer.pt", weights_only=False)["state"] for r in (out, run)
+    )
+    assert all(torch.equal(oa[i]["exp_avg_sq"], ob[i]["exp_avg_sq"]) for i in oa)
+
+
 def test_eval(run) -> None:
     proc = cli("eval", "--run", str(run), "--n", "2", "--steps", "4")
     out = run / "eval" / "iter_000003"
