@@ -130,7 +130,11 @@ def _demo(a: argparse.Namespace) -> int:
     out = Path(a.out)
     resume = (out / "checkpoints" / "latest").exists()
     trainer = Trainer(load_config(None, a.set), out, resume=resume)
-    trainer.train()
+    try:
+        trainer.train()
+    except KeyboardInterrupt:  # as `train`: a clean stop, not a traceback
+        print(f"stopped; run `flowdppo demo --out {out}` again to resume", file=sys.stderr)
+        return 130
     print(f"demo done: {out}/metrics.jsonl, samples: {out}/samples/, curves: {plot_runs([out], out / 'curves.png')}")
     return 0
 
