@@ -42,7 +42,7 @@ def type_name(tp: Any) -> str:
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    return f.default_factory()  # type: ignore[misc]
+    return f.default_factory()  # type: ignore[operator]
 
 
 def _value(v: Any) -> str:
@@ -89,7 +89,7 @@ def render() -> str:
     top = []
     for f in dataclasses.fields(RunConfig):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             out += [f"## `{f.name}`", ""]
             out += _table(tp, f"{f.name}.")
             out.append("")
