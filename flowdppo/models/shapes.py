@@ -193,4 +193,3 @@ class ShapesPolicy:
             yield
         finally:
             self._use_ref = False
-        self.default_guidance_scale = 1.0  # the checkpoint's recommended CFG for evaluation

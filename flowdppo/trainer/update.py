@@ -10,6 +10,8 @@ mini-batch, however it is split (the batch × accumulation invariance of STYLE.m
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -137,10 +139,14 @@ def update_policy(
                 p.grad = torch.zeros_like(p)
             p.grad = reduce(p.grad, "sum")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        acc.add({"train/grad_norm": float(grad_norm)}, 1.0)
-        optimizer.step()
+        finite = bool(torch.isfinite(grad_norm))  # identical on every process (reduced grads)
+        acc.add({"train/grad_norm": float(grad_norm) if finite else 0.0, "train/skipped_frac": float(not finite)}, 1.0)
+        if finite:
+            optimizer.step()
+            after_step()
+        else:
+            warnings.warn(f"iteration {iteration}: non-finite gradient norm; optimizer step skipped", stacklevel=2)
         optimizer.zero_grad(set_to_none=True)
-        after_step()
     keys = all_keys(acc.keys())
     metrics = acc.result(reduce, keys)
     pre = first.result(reduce, keys)  # the first update runs before any optimizer step: on-policy
