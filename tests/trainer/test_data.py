@@ -1,0 +1,55 @@
+"""Prompt sources, the balanced draw and the per-iteration prompt indices (trainer/data.py)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from flowdppo.trainer.data import balance_by, load_prompts, prompt_indices
+
+
+def test_shapes_sources_and_category_filter():
+    prompts, meta = load_prompts("shapes:train:counting,position")
+    assert set(m["category"] for m in meta) == {"counting", "position"}
+    assert len(prompts) == 30 + 560  # the shipped split's counting and position training prompts
+    test_prompts, _ = load_prompts("shapes:test")
+    assert not set(test_prompts) & set(load_prompts("shapes:train")[0])
+
+
+@pytest.mark.parametrize("bad", ["shapes:valid", "shapes:train:colour", "shapes:train:x:y"])
+def test_bad_shapes_source(bad):
+    with pytest.raises(ValueError, match="prompt source"):
+        load_prompts(bad)
+
+
+def test_files(tmp_path):
+    txt = tmp_path / "p.txt"
+    txt.write_text("a cat\n\n a dog \n")
+    assert load_prompts(str(txt)) == (["a cat", "a dog"], [{}, {}])
+    jl = tmp_path / "p.jsonl"
+    jl.write_text(json.dumps({"prompt": "a cat", "tag": "x"}) + "\n" + json.dumps({"tag": "y"}) + "\n")
+    with pytest.raises(ValueError, match=r"p.jsonl:2: expected a JSON object with a 'prompt' key"):
+        load_prompts(str(jl))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_prompts(str(tmp_path / "missing.txt"))
+
+
+def test_balance_by_gives_each_value_equal_weight():
+    meta = [{"c": "a"}] * 6 + [{"c": "b"}] * 2 + [{}]
+    idx = balance_by(meta, "c")
+    counts = Counter(meta[i].get("c") for i in idx)
+    assert counts == {"a": 6, "b": 6, None: 6}
+    # Every index of a small group appears equally often (cyclic repetition).
+    assert Counter(i for i in idx if meta[i].get("c") == "b") == {6: 3, 7: 3}
+
+
+def test_prompt_indices_are_epochs_of_permutations():
+    n, p = 10, 4
+    draws = [prompt_indices(n, p, it, seed=3) for it in range(5)]  # 20 draws = 2 epochs
+    flat = [i for d in draws for i in d]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert flat[:10] != flat[10:]  # a new permutation each epoch
+    assert prompt_indices(n, p, 2, seed=3) == draws[2]  # a pure function of the iteration
+    assert prompt_indices(n, p, 2, seed=4) != draws[2]
