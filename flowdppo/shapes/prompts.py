@@ -11,8 +11,13 @@ Each category isolates one skill (SHAPES.md, "The world"):
 | counting      | "three yellow triangles" (two..four)         | exact count                   |
 | position      | "a red circle to the left of a blue triangle"| spatial relation              |
 
-Atoms (the checks a prompt makes; GenEval semantics): "a X" → X present (≥ 1);
-"three X" → X present and exactly 3 X; relation → some A and some B stand in that relation.
+Atoms (the checks a prompt makes): "a X" → X present (≥ 1, GenEval's semantics);
+"three X" → X present and exactly 3 X; relation → some A and some B stand in that relation;
+and, for every prompt, ``exact``: the image holds exactly the described objects, nothing more.
+GenEval has no ``exact`` atom ("a X" passes with several X); we add it because RL exploits
+its absence: a Flow-DPPO run on the dense reward learned to draw two or three copies of "a red
+circle" to raise its odds on the presence atoms, and counting accuracy fell from 60% to 18%
+while every other category rose (docs/tuning.md).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class PromptSpec:
                 )
         if self.relation is not None:
             out.append({"kind": "relation", "relation": self.relation, "a": 0, "b": 1})
+        out.append({"kind": "exact"})
         return out
 
 

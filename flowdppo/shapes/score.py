@@ -1,7 +1,8 @@
 """Exact Shapes scores: atoms of a prompt checked on a parsed image (SHAPES.md, "The reward").
 
 - ``geneval`` (strict): 1 if the image is clean and every atom holds, else 0.
-- ``tifa`` (dense): clean × (fraction of atoms that hold). Gating by cleanliness is what stops
+- ``tifa`` (dense): clean × (fraction of atoms that hold; the last atom, ``exact``, is "exactly
+  the described objects, nothing more", see ``flowdppo.shapes.prompts``). Gating by cleanliness is what stops
   speckle from collecting presence credit and an empty image from collecting "clean" credit.
 - ``object_size``: a competing objective: the mean area of recognised objects / 49 (a 7×7 box),
   0 without objects. Growing objects beyond the 5–7 px of the world eventually breaks the grid
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +49,8 @@ def check_atoms(spec: PromptSpec, parsed: ParsedImage) -> list[bool]:
     if spec.relation is not None:
         rel = spec.relation
         out.append(any(relation_holds(rel, a, b) for a in found[0] for b in found[1]))
+    wanted = Counter({(g.color, g.shape): g.count for g in spec.groups})
+    out.append(Counter((o.color, o.shape) for o in parsed.objects) == wanted)  # "exact"
     return out
 
 

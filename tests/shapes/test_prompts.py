@@ -22,34 +22,40 @@ from flowdppo.shapes.world import GRID
 # relation, atoms). Colours: red 0, green 1, blue 2, yellow 3, white 4; shapes: circle 0, square 1,
 # triangle 2.
 EXAMPLES = [
-    ("a red circle", "single_object", [(0, 0, 1)], None, [("present", "red", "circle")]),
+    (
+        "a red circle",
+        "single_object",
+        [(0, 0, 1)],
+        None,
+        [("present", "red", "circle"), ("exact",)],
+    ),
     (
         "a red circle and a blue circle",
         "colors",
         [(0, 0, 1), (2, 0, 1)],
         None,
-        [("present", "red", "circle"), ("present", "blue", "circle")],
+        [("present", "red", "circle"), ("present", "blue", "circle"), ("exact",)],
     ),
     (
         "a white square and a white triangle",
         "two_object",
         [(4, 1, 1), (4, 2, 1)],
         None,
-        [("present", "white", "square"), ("present", "white", "triangle")],
+        [("present", "white", "square"), ("present", "white", "triangle"), ("exact",)],
     ),
     (
         "a red square and a green circle",
         "color_attr",
         [(0, 1, 1), (1, 0, 1)],
         None,
-        [("present", "red", "square"), ("present", "green", "circle")],
+        [("present", "red", "square"), ("present", "green", "circle"), ("exact",)],
     ),
     (
         "three yellow triangles",
         "counting",
         [(3, 2, 3)],
         None,
-        [("present", "yellow", "triangle"), ("count", "yellow", "triangle", 3)],
+        [("present", "yellow", "triangle"), ("count", "yellow", "triangle", 3), ("exact",)],
     ),
     (
         "a red circle to the left of a blue triangle",
@@ -60,6 +66,7 @@ EXAMPLES = [
             ("present", "red", "circle"),
             ("present", "blue", "triangle"),
             ("relation", "to the left of"),
+            ("exact",),
         ],
     ),
     (
@@ -67,12 +74,20 @@ EXAMPLES = [
         "position",
         [(1, 1, 1), (4, 0, 1)],
         "below",
-        [("present", "green", "square"), ("present", "white", "circle"), ("relation", "below")],
+        [
+            ("present", "green", "square"),
+            ("present", "white", "circle"),
+            ("relation", "below"),
+            ("exact",),
+        ],
     ),
 ]
 
 
 def _atom_tuple(atom: dict) -> tuple:
+    if atom["kind"] == "exact":
+        assert set(atom) == {"kind"}
+        return ("exact",)
     if atom["kind"] == "relation":
         assert (atom["a"], atom["b"]) == (0, 1)
         return ("relation", atom["relation"])

@@ -68,9 +68,9 @@ def test_correct_hand_built_image_scores_one():
 @pytest.mark.parametrize(
     ("prompt", "tifa"),
     [
-        ("a red circle and a blue square", 1 / 2),  # blue square missing
-        ("two red circles", 1 / 2),  # present holds, count fails
-        ("a red circle to the left of a blue triangle", 1 / 3),  # present, missing, no relation
+        ("a red circle and a blue square", 1 / 3),  # blue square missing, so not exact
+        ("two red circles", 1 / 3),  # present holds; count and exact fail
+        ("a red circle to the left of a blue triangle", 1 / 4),  # present; missing, relation, exact
         ("a green circle", 0.0),
     ],
 )
@@ -85,8 +85,19 @@ def test_count_must_be_exact():
     for cell in range(3):
         paint(img[0], "triangle", YELLOW, 5, 1, 8 * cell + 1)
     assert _score(img, "three yellow triangles") == (1.0, 1.0, True)
-    assert _score(img, "two yellow triangles") == (0.0, 0.5, True)  # present, but 3 != 2
-    assert _score(img, "four yellow triangles") == (0.0, 0.5, True)
+    # present holds; count (3 != 2) and exact fail
+    assert _score(img, "two yellow triangles") == (0.0, pytest.approx(1 / 3), True)
+    assert _score(img, "four yellow triangles") == (0.0, pytest.approx(1 / 3), True)
+
+
+def test_extra_objects_fail_exact():
+    """GenEval passes "a red circle" with several; our ``exact`` atom does not (RL exploits it)."""
+    img = blank()
+    paint(img[0], "circle", RED, 6, 1, 1)
+    paint(img[0], "circle", RED, 6, 1, 9)
+    assert _score(img, "a red circle") == (0.0, 0.5, True)  # present, not exact
+    paint(img[0], "square", BLUE, 5, 9, 1)
+    assert _score(img, "two red circles") == (0.0, pytest.approx(2 / 3), True)  # an extra square
 
 
 def test_relation_margin_is_strict_four_pixels():
@@ -110,13 +121,13 @@ def test_relations_on_images():
     paint(img[0], "triangle", BLUE, 5, 9, 1)  # cell (1, 0): same column, one row down
     assert _score(img, "a red circle above a blue triangle") == (1.0, 1.0, True)
     assert _score(img, "a blue triangle below a red circle") == (1.0, 1.0, True)
-    # same column: left/right fail, presence still counts
+    # same column: left/right fail; presence and exact still count
     assert _score(img, "a red circle to the left of a blue triangle") == (
         0.0,
-        pytest.approx(2 / 3),
+        pytest.approx(3 / 4),
         True,
     )
-    assert _score(img, "a red circle below a blue triangle") == (0.0, pytest.approx(2 / 3), True)
+    assert _score(img, "a red circle below a blue triangle") == (0.0, pytest.approx(3 / 4), True)
 
 
 def test_relation_holds_for_some_pair():
@@ -124,8 +135,9 @@ def test_relation_holds_for_some_pair():
     paint(img[0], "circle", RED, 5, 1, 17)  # red circles in cells (0, 2) and (0, 0)
     paint(img[0], "circle", RED, 5, 1, 1)
     paint(img[0], "square", GREEN, 5, 1, 9)  # green square in cell (0, 1)
-    assert _score(img, "a red circle to the left of a green square")[0] == 1.0
-    assert _score(img, "a red circle to the right of a green square")[0] == 1.0
+    # the relation holds for some pair; the second red circle makes the scene inexact
+    assert _score(img, "a red circle to the left of a green square") == (0.0, 0.75, True)
+    assert _score(img, "a red circle to the right of a green square") == (0.0, 0.75, True)
 
 
 def test_empty_image_scores_zero():
