@@ -34,17 +34,30 @@ def _check(cond: bool, key: str, value: Any, expected: str) -> None:
 
 @dataclass
 class ModelConfig:
-    family: str = _f("shapes", "model family: shapes | sd3 | flux", choices=("shapes", "sd3", "flux"))
-    pretrained: str | None = _f(None, "weights: a local folder or cached hub id (shapes: None = the shipped base)")
+    family: str = _f(
+        "shapes", "model family: shapes | sd3 | flux", choices=("shapes", "sd3", "flux")
+    )
+    pretrained: str | None = _f(
+        None, "weights: a local folder or cached hub id (shapes: None = the shipped base)"
+    )
     lora_rank: int = _f(16, "LoRA rank (ignored with full_finetune)")
     lora_alpha: float = _f(32.0, "LoRA alpha; the update is scaled by alpha / rank")
-    lora_target_modules: list[str] | None = _f(None, "module names to adapt (None: the family's attention/MLP default)")
-    full_finetune: bool = _f(False, "train all transformer weights instead of LoRA (reference = frozen copy)")
-    dtype: str = _f("auto", "weights dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16",
-                    choices=("auto", "float32", "bfloat16", "float16"))
+    lora_target_modules: list[str] | None = _f(
+        None, "module names to adapt (None: the family's attention/MLP default)"
+    )
+    full_finetune: bool = _f(
+        False, "train all transformer weights instead of LoRA (reference = frozen copy)"
+    )
+    dtype: str = _f(
+        "auto",
+        "weights dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
     gradient_checkpointing: bool = _f(False, "recompute activations in backward (big models)")
     offload_text_encoders: bool = _f(False, "move text encoders to CPU after prompts are cached")
-    resolution: int | None = _f(None, "image side in pixels (diffusers models; None = model default)")
+    resolution: int | None = _f(
+        None, "image side in pixels (diffusers models; None = model default)"
+    )
 
     def validate(self) -> None:
         _check(self.lora_rank >= 1, "model.lora_rank", self.lora_rank, "an int >= 1")
@@ -58,9 +71,13 @@ class SamplingConfig:
     eta: float = _f(0.7, "sampler noise level η")
     guidance_scale: float = _f(1.0, "classifier-free guidance in rollouts (1.0 = none)")
     shift: float | None = _f(None, "sigma shift (shapes only; None = the model's own)")
-    train_pool: tuple[float, float] = _f((0.0, 0.5), "fractions [f0, f1) of steps eligible for training")
+    train_pool: tuple[float, float] = _f(
+        (0.0, 0.5), "fractions [f0, f1) of steps eligible for training"
+    )
     train_steps: int = _f(3, "K trained steps drawn per rollout from the pool")
-    train_mode: str = _f("random", "how the K steps are drawn: random | window", choices=("random", "window"))
+    train_mode: str = _f(
+        "random", "how the K steps are drawn: random | window", choices=("random", "window")
+    )
     prompts_per_iter: int = _f(16, "P distinct prompts per iteration (global, all processes)")
     group_size: int = _f(8, "G samples per prompt (the GRPO group)")
     batch_size: int = _f(64, "samples per forward pass when sampling (per process)")
@@ -68,30 +85,71 @@ class SamplingConfig:
     def validate(self) -> None:
         from flowdppo.core import SAMPLERS
 
-        _check(self.sampler in SAMPLERS and self.sampler != "ode", "sampling.sampler", self.sampler,
-               f"one of {sorted(k for k in SAMPLERS if k != 'ode')}")
-        _check(self.num_inference_steps >= 1, "sampling.num_inference_steps", self.num_inference_steps, "an int >= 1")
+        _check(
+            self.sampler in SAMPLERS and self.sampler != "ode",
+            "sampling.sampler",
+            self.sampler,
+            f"one of {sorted(k for k in SAMPLERS if k != 'ode')}",
+        )
+        _check(
+            self.num_inference_steps >= 1,
+            "sampling.num_inference_steps",
+            self.num_inference_steps,
+            "an int >= 1",
+        )
         _check(self.eta >= 0, "sampling.eta", self.eta, "a number >= 0")
-        _check(self.guidance_scale >= 1.0, "sampling.guidance_scale", self.guidance_scale, "a number >= 1")
+        _check(
+            self.guidance_scale >= 1.0,
+            "sampling.guidance_scale",
+            self.guidance_scale,
+            "a number >= 1",
+        )
         f0, f1 = self.train_pool
-        _check(0 <= f0 < f1 <= 1, "sampling.train_pool", self.train_pool, "[f0, f1] with 0 <= f0 < f1 <= 1")
+        _check(
+            0 <= f0 < f1 <= 1,
+            "sampling.train_pool",
+            self.train_pool,
+            "[f0, f1] with 0 <= f0 < f1 <= 1",
+        )
         pool = int(self.num_inference_steps * f1) - int(self.num_inference_steps * f0)
         # CPS's std is σ'·sin(ηπ/2): 0 on the last step (σ' = 0), which has no density to train
         # (its KL and divergence metrics would be 0/0 = NaN).
-        _check(not self.sampler.startswith("cps") or int(self.num_inference_steps * f1) < self.num_inference_steps,
-               "sampling.train_pool", self.train_pool,
-               f"f1 with floor(T·f1) < T={self.num_inference_steps} for sampler {self.sampler} (its last step has std 0)")
-        _check(1 <= self.train_steps <= pool, "sampling.train_steps", self.train_steps,
-               f"an int in [1, {pool}] (the pool has {pool} steps of T={self.num_inference_steps})")
-        _check(self.prompts_per_iter >= 1, "sampling.prompts_per_iter", self.prompts_per_iter, "an int >= 1")
-        _check(self.group_size >= 2, "sampling.group_size", self.group_size, "an int >= 2 (advantages need a group)")
+        _check(
+            not self.sampler.startswith("cps")
+            or int(self.num_inference_steps * f1) < self.num_inference_steps,
+            "sampling.train_pool",
+            self.train_pool,
+            f"f1 with floor(T·f1) < T={self.num_inference_steps} for sampler {self.sampler} (its last step has std 0)",
+        )
+        _check(
+            1 <= self.train_steps <= pool,
+            "sampling.train_steps",
+            self.train_steps,
+            f"an int in [1, {pool}] (the pool has {pool} steps of T={self.num_inference_steps})",
+        )
+        _check(
+            self.prompts_per_iter >= 1,
+            "sampling.prompts_per_iter",
+            self.prompts_per_iter,
+            "an int >= 1",
+        )
+        _check(
+            self.group_size >= 2,
+            "sampling.group_size",
+            self.group_size,
+            "an int >= 2 (advantages need a group)",
+        )
         _check(self.batch_size >= 1, "sampling.batch_size", self.batch_size, "an int >= 1")
 
 
 @dataclass
 class LossConfig:
     name: str = _f("flow_dppo", "policy loss: flow_dppo | ratio_clip | grpo_guard")
-    reduction: str = _f("mean", "log-prob reduction over latent dims: mean (peers' unit) | sum", choices=("mean", "sum"))
+    reduction: str = _f(
+        "mean",
+        "log-prob reduction over latent dims: mean (peers' unit) | sum",
+        choices=("mean", "sum"),
+    )
     delta: float = _f(1e-5, "Flow-DPPO divergence threshold δ (in the reduction's unit)")
     divergence: str = _f("kl", "Flow-DPPO divergence: kl | tv", choices=("kl", "tv"))
     clip_range: float = _f(1e-4, "ratio clip ε (ratio_clip, grpo_guard)")
@@ -105,7 +163,12 @@ class LossConfig:
         _check(self.delta > 0, "loss.delta", self.delta, "a number > 0")
         _check(self.clip_range > 0, "loss.clip_range", self.clip_range, "a number > 0")
         _check(self.beta >= 0, "loss.beta", self.beta, "a number >= 0")
-        _check(self.adv_clip is None or self.adv_clip > 0, "loss.adv_clip", self.adv_clip, "null or a number > 0")
+        _check(
+            self.adv_clip is None or self.adv_clip > 0,
+            "loss.adv_clip",
+            self.adv_clip,
+            "null or a number > 0",
+        )
 
     def hparams(self) -> dict[str, Any]:
         """The keyword arguments of the chosen core loss."""
@@ -116,7 +179,11 @@ class LossConfig:
 
 @dataclass
 class AdvantageConfig:
-    std_mode: str = _f("global", "normalise by the std of the group or of the global batch", choices=("group", "global"))
+    std_mode: str = _f(
+        "global",
+        "normalise by the std of the group or of the global batch",
+        choices=("group", "global"),
+    )
     aggregate: str = _f("sum", "multi-reward aggregation: sum | gdpo", choices=("sum", "gdpo"))
 
 
@@ -133,23 +200,42 @@ class OptimConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
     grad_clip: float = _f(1.0, "global grad-norm clip")
-    updates_per_iter: int = _f(2, "N optimizer updates per rollout (disjoint shuffled mini-batches)")
-    micro_batch_size: int = _f(32, "(sample, step) pairs per forward/backward (gradient accumulation)")
+    updates_per_iter: int = _f(
+        2, "N optimizer updates per rollout (disjoint shuffled mini-batches)"
+    )
+    micro_batch_size: int = _f(
+        32, "(sample, step) pairs per forward/backward (gradient accumulation)"
+    )
     ema_decay: float = _f(0.0, "EMA of trainable weights (0 = off); evaluation uses the EMA")
 
     def validate(self) -> None:
         _check(self.lr > 0, "optim.lr", self.lr, "a number > 0")
         _check(self.grad_clip > 0, "optim.grad_clip", self.grad_clip, "a number > 0")
-        _check(self.updates_per_iter >= 1, "optim.updates_per_iter", self.updates_per_iter, "an int >= 1")
-        _check(self.micro_batch_size >= 1, "optim.micro_batch_size", self.micro_batch_size, "an int >= 1")
+        _check(
+            self.updates_per_iter >= 1,
+            "optim.updates_per_iter",
+            self.updates_per_iter,
+            "an int >= 1",
+        )
+        _check(
+            self.micro_batch_size >= 1,
+            "optim.micro_batch_size",
+            self.micro_batch_size,
+            "an int >= 1",
+        )
         _check(0 <= self.ema_decay < 1, "optim.ema_decay", self.ema_decay, "a number in [0, 1)")
 
 
 @dataclass
 class DataConfig:
-    train_prompts: str = _f("shapes:train", "training prompts: shapes:train | shapes:train:<cat>,<cat> | a .txt/.jsonl path")
+    train_prompts: str = _f(
+        "shapes:train",
+        "training prompts: shapes:train | shapes:train:<cat>,<cat> | a .txt/.jsonl path",
+    )
     eval_prompts: str = _f("shapes:test", "evaluation prompts (same forms)")
-    balance_key: str | None = _f("category", "metadata key whose values are drawn equally often (None: uniform over prompts)")
+    balance_key: str | None = _f(
+        "category", "metadata key whose values are drawn equally often (None: uniform over prompts)"
+    )
 
 
 @dataclass
@@ -164,6 +250,10 @@ class EvalConfig:
 @dataclass
 class TrainConfig:
     max_iters: int = _f(60, "iterations to run")
+    max_minutes: float = _f(
+        0.0,
+        "also stop (evaluate, save) after the iteration that crosses this wall-clock budget (0 = off)",
+    )
     seed: int = _f(0, "global seed (prompt order, noise, steps)")
     save_every: int = _f(5, "checkpoint every this many iterations")
     sample_every: int = _f(10, "write a sample grid every this many iterations")
@@ -178,7 +268,9 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     rewards: list[RewardEntry] = field(default_factory=lambda: [RewardEntry()])
-    reward_on_error: str = _f("raise", "a failing reward: raise | drop the samples", choices=("raise", "drop"))
+    reward_on_error: str = _f(
+        "raise", "a failing reward: raise | drop the samples", choices=("raise", "drop")
+    )
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -46,7 +46,9 @@ class Trainer:
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
         n = cfg.sampling.prompts_per_iter * cfg.sampling.group_size
         if n % self.acc.num_processes:
-            raise ValueError(f"sampling.prompts_per_iter × group_size = {n} must divide evenly over {self.acc.num_processes} processes")
+            raise ValueError(
+                f"sampling.prompts_per_iter × group_size = {n} must divide evenly over {self.acc.num_processes} processes"
+            )
         self.num_samples = n
         # The policy's random initialisation (LoRA A) must be a function of the seed, identical
         # on every process: torch seeds its default generator differently in every process.
@@ -54,10 +56,16 @@ class Trainer:
         self.policy = build_policy(cfg, self.acc.device)
         self.rewards = build_run_rewards(cfg)
         prompts, metadata = load_prompts(cfg.data.train_prompts)
-        order = balance_by(metadata, cfg.data.balance_key) if cfg.data.balance_key else range(len(prompts))
+        order = (
+            balance_by(metadata, cfg.data.balance_key)
+            if cfg.data.balance_key
+            else range(len(prompts))
+        )
         self.prompts, self.metadata = [prompts[i] for i in order], [metadata[i] for i in order]
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.policy.trainable_parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.policy.trainable_parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
+        )
         self.ema = EMA(self.policy, o.ema_decay) if o.ema_decay > 0 else None
         self.iteration = 0
         self._saved_at: int | None = None
@@ -70,7 +78,9 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
-        self.logger = RunLogger(self.run_dir, enabled=self.is_main, resume_iter=self.iteration if resume else None)
+        self.logger = RunLogger(
+            self.run_dir, enabled=self.is_main, resume_iter=self.iteration if resume else None
+        )
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
 
     @property
@@ -82,7 +92,11 @@ class Trainer:
             return t
         # Back on t's own device: gradients live on the parameters' device (a CPU copy of a
         # CUDA gradient cannot be assigned to ``p.grad``).
-        out = self.acc.reduce(t.to(self.acc.device), reduction=op) if op == "sum" else _reduce_extreme(self.acc, t, op)
+        out = (
+            self.acc.reduce(t.to(self.acc.device), reduction=op)
+            if op == "sum"
+            else _reduce_extreme(self.acc, t, op)
+        )
         return out.to(t.device)
 
     def _share(self) -> range:
@@ -97,8 +111,16 @@ class Trainer:
         prompts = [self.prompts[idx[j // s.group_size]] for j in ids]
         meta = [self.metadata[idx[j // s.group_size]] for j in ids]
         g = torch.Generator().manual_seed(self.cfg.train.seed * 31_337 + it)
-        steps = select_train_steps(s.num_inference_steps, pool=s.train_pool, k=s.train_steps, mode=s.train_mode, generator=g)
-        return collect(self.policy, self.cfg, prompts, meta, ids, it, steps, self.rewards, self.pool)
+        steps = select_train_steps(
+            s.num_inference_steps,
+            pool=s.train_pool,
+            k=s.train_steps,
+            mode=s.train_mode,
+            generator=g,
+        )
+        return collect(
+            self.policy, self.cfg, prompts, meta, ids, it, steps, self.rewards, self.pool
+        )
 
     def advantages(self, exp: Experience) -> dict[str, float]:
         """GRPO advantages over the gathered global batch; invalid (dropped) samples get A = 0."""
@@ -107,23 +129,45 @@ class Trainer:
         scores = self.acc.gather(rb.matrix().to(self.acc.device)).cpu()  # [N, R], sample order
         valid = self.acc.gather(rb.valid.to(self.acc.device)).cpu()
         if not bool(valid.any()):
-            raise RewardError(f"iteration {self.iteration + 1}: every sample of the global batch was dropped by the rewards "
-                              f"({self.num_samples} samples; reward_on_error=drop); see the warnings above for the errors")
+            raise RewardError(
+                f"iteration {self.iteration + 1}: every sample of the global batch was dropped by the rewards "
+                f"({self.num_samples} samples; reward_on_error=drop); see the warnings above for the errors"
+            )
         groups = torch.arange(self.num_samples) // self.cfg.sampling.group_size
         adv = torch.zeros(self.num_samples)
         a = self.cfg.advantage
-        adv[valid] = group_advantages(scores[valid], groups[valid], weights=rb.weights, std_mode=a.std_mode, aggregate=a.aggregate)
+        adv[valid] = group_advantages(
+            scores[valid],
+            groups[valid],
+            weights=rb.weights,
+            std_mode=a.std_mode,
+            aggregate=a.aggregate,
+        )
         exp.advantages = adv[exp.sample_ids]
         self._valid = valid
         total = scores[valid] @ rb.weights
-        out = {"reward/mean": float(total.mean()), "reward/std": float(total.std(unbiased=False)),
-               "reward/dropped": float((~valid).sum()), "adv/abs_mean": float(adv[valid].abs().mean())}
+        out = {
+            "reward/mean": float(total.mean()),
+            "reward/std": float(total.std(unbiased=False)),
+            "reward/dropped": float((~valid).sum()),
+            "adv/abs_mean": float(adv[valid].abs().mean()),
+        }
         out.update({f"reward/{n}": float(scores[valid, j].mean()) for j, n in enumerate(rb.names)})
         return out
 
     def update(self, exp: Experience, it: int) -> dict[str, float]:
         after = self.ema.update if self.ema is not None else (lambda: None)
-        return update_policy(self.policy, exp, self.cfg, self.optimizer, it, self.num_samples, self._valid, self._reduce, after)
+        return update_policy(
+            self.policy,
+            exp,
+            self.cfg,
+            self.optimizer,
+            it,
+            self.num_samples,
+            self._valid,
+            self._reduce,
+            after,
+        )
 
     def step(self) -> dict[str, float]:
         """One iteration; returns (and logs) its metrics."""
@@ -136,14 +180,21 @@ class Trainer:
         t1 = time.perf_counter()
         metrics.update(self.update(exp, it))
         metrics["time/train_s"] = time.perf_counter() - t1
-        kl_sum = self._reduce(torch.tensor([kl_ref.sum().item(), kl_ref.numel()], dtype=torch.float64), "sum")
+        kl_sum = self._reduce(
+            torch.tensor([kl_ref.sum().item(), kl_ref.numel()], dtype=torch.float64), "sum"
+        )
         metrics["kl/ref_mean"] = float(kl_sum[0] / kl_sum[1])
-        metrics["kl/ref_max"] = float(self._reduce(torch.tensor([kl_ref.max().item() if kl_ref.numel() else 0.0]), "max")[0])
+        metrics["kl/ref_max"] = float(
+            self._reduce(torch.tensor([kl_ref.max().item() if kl_ref.numel() else 0.0]), "max")[0]
+        )
         metrics["time/iter_s"] = time.perf_counter() - t0
         if not metrics["check/onpolicy_kl_max"] <= self.cfg.train.on_policy_tol:  # NaN fails too
-            warnings.warn(f"iteration {it}: on-policy check failed: KL(old‖new) before the first update = "
-                          f"{metrics['check/onpolicy_kl_max']:.3g} > train.on_policy_tol={self.cfg.train.on_policy_tol:g}; "
-                          "the forward pass depends on batch composition or precision", stacklevel=2)
+            warnings.warn(
+                f"iteration {it}: on-policy check failed: KL(old‖new) before the first update = "
+                f"{metrics['check/onpolicy_kl_max']:.3g} > train.on_policy_tol={self.cfg.train.on_policy_tol:g}; "
+                "the forward pass depends on batch composition or precision",
+                stacklevel=2,
+            )
         self.iteration = it + 1
         self.logger.log("train", self.iteration, metrics)
         return metrics
@@ -184,23 +235,44 @@ class Trainer:
         t = self.cfg.train
         end = max_iters if max_iters is not None else t.max_iters
         e = self.cfg.eval.every
-        bar = tqdm(total=end, initial=self.iteration, desc="train", unit="it", disable=not (progress and self.is_main))
+        bar = tqdm(
+            total=end,
+            initial=self.iteration,
+            desc="train",
+            unit="it",
+            disable=not (progress and self.is_main),
+        )
         try:
             with _deferred_sigint() as interrupted:
+                deadline = (
+                    time.monotonic() + 60 * t.max_minutes if t.max_minutes > 0 else float("inf")
+                )
                 if self.iteration == 0 and e > 0:
                     self.evaluate()
                 while self.iteration < end and not self._stop_requested(interrupted()):
                     m = self.step()
+                    if self._stop_requested(time.monotonic() >= deadline):  # budget spent: end here
+                        end = self.iteration
+                        bar.total = end
                     bar.update(1)
-                    bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl_ref=f"{m['kl/ref_mean']:.2e}")
+                    bar.set_postfix(
+                        reward=f"{m['reward/mean']:.3f}", kl_ref=f"{m['kl/ref_mean']:.2e}"
+                    )
                     if (e > 0 and self.iteration % e == 0) or self.iteration == end:
-                        ev = self.evaluate(grid=self.iteration % max(t.sample_every, 1) == 0 or self.iteration == end)
+                        ev = self.evaluate(
+                            grid=self.iteration % max(t.sample_every, 1) == 0
+                            or self.iteration == end
+                        )
                         if "eval/strict_overall" in ev:
-                            bar.write(f"iter {self.iteration}: eval strict {100 * ev['eval/strict_overall']:.1f}%")
+                            bar.write(
+                                f"iter {self.iteration}: eval strict {100 * ev['eval/strict_overall']:.1f}%"
+                            )
                     if self.iteration % t.save_every == 0 or self.iteration == end:
                         self.save()
             if self.iteration < end:  # interrupted at an iteration boundary
-                bar.write(f"interrupted: saving iteration {self.iteration} to {self.run_dir}/checkpoints ...")
+                bar.write(
+                    f"interrupted: saving iteration {self.iteration} to {self.run_dir}/checkpoints ..."
+                )
                 if self._saved_at != self.iteration:
                     self.save()
                 raise KeyboardInterrupt
@@ -226,7 +298,10 @@ def _deferred_sigint() -> Iterator[Callable[[], bool]]:
         hits.append(signum)
         if len(hits) > 1:
             raise KeyboardInterrupt
-        print("\nCtrl-C: stopping after this iteration (press again to abort without saving)", file=sys.stderr)
+        print(
+            "\nCtrl-C: stopping after this iteration (press again to abort without saving)",
+            file=sys.stderr,
+        )
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

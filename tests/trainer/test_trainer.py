@@ -203,3 +203,16 @@ def test_drop_policy_survives_a_forward_batch_that_fails_entirely(tiny_ckpt, tmp
     trainer.prompts = ["two blue squares"] * len(trainer.prompts)
     with pytest.raises(RuntimeError, match="every sample of the global batch was dropped"):
         trainer.step()
+
+
+def test_max_minutes_stops_after_the_crossing_iteration_with_eval_and_checkpoint(
+    tiny_ckpt, tmp_path
+) -> None:
+    # A budget of ~0 s: the first iteration crosses it; the run then ends as at max_iters.
+    cfg = tiny_config(tiny_ckpt, "train.max_minutes=1e-6", "eval.every=10")
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.train(max_iters=5, progress=False)
+    assert trainer.iteration == 1
+    lines = read_lines(tmp_path / "run", kind=None)
+    assert [(r["kind"], r["iter"]) for r in lines] == [("eval", 0), ("train", 1), ("eval", 1)]
+    assert (tmp_path / "run" / "checkpoints" / "iter_000001").is_dir()

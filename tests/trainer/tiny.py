@@ -95,7 +95,7 @@ def cli(
     return proc
 
 
-def read_lines(run_dir: Path, kind: str = "train") -> list[dict]:
+def read_lines(run_dir: Path, kind: str | None = "train") -> list[dict]:
     from flowdppo.trainer.logging import read_metrics
 
     return read_metrics(run_dir, kind)
