@@ -1,14 +1,14 @@
 """The ``flowdppo`` command line. Every command is a thin call into the library.
 
-  flowdppo train [CONFIG] [--set k=v ...] [--max-iters N] --out DIR [--resume]
-  flowdppo resume DIR [--max-iters N]
-  flowdppo eval --run DIR [--n N] [--steps S]
-  flowdppo sample --run DIR --prompt P [--prompt P ...] [--n 4] --out grid.png
-  flowdppo plot --run DIR [--run DIR ...] --out plot.png
-  flowdppo export --run DIR --out DIR
-  flowdppo demo [--out DIR]
-  flowdppo shapes pretrain|eval|render ...
-  flowdppo reward-server --reward NAME --port P
+flowdppo train [CONFIG] [--set k=v ...] [--max-iters N] --out DIR [--resume]
+flowdppo resume DIR [--max-iters N]
+flowdppo eval --run DIR [--n N] [--steps S]
+flowdppo sample --run DIR --prompt P [--prompt P ...] [--n 4] --out grid.png
+flowdppo plot --run DIR [--run DIR ...] --out plot.png
+flowdppo export --run DIR --out DIR
+flowdppo demo [--out DIR]
+flowdppo shapes pretrain|eval|render ...
+flowdppo reward-server --reward NAME --port P
 """
 
 from __future__ import annotations
@@ -36,14 +36,18 @@ def _train(a: argparse.Namespace) -> int:
         # Any trace of a run counts (not only a checkpoint): a fresh run would otherwise append
         # its metric lines to the old run's metrics.jsonl.
         if any((Path(a.out) / f).exists() for f in ("checkpoints", "metrics.jsonl", "config.yaml")):
-            raise SystemExit(f"error: {a.out} already holds a run; use `flowdppo resume {a.out}` or another --out")
+            raise SystemExit(
+                f"error: {a.out} already holds a run; use `flowdppo resume {a.out}` or another --out"
+            )
     trainer = Trainer(cfg, a.out, resume=a.resume)
     try:
         trainer.train(a.max_iters)
     except KeyboardInterrupt:
         print(f"stopped; resume with: flowdppo resume {a.out}", file=sys.stderr)
         return 130
-    print(f"run saved in {a.out} (metrics.jsonl, samples/, checkpoints/); plot with: flowdppo plot --run {a.out}")
+    print(
+        f"run saved in {a.out} (metrics.jsonl, samples/, checkpoints/); plot with: flowdppo plot --run {a.out}"
+    )
     return 0
 
 
@@ -66,11 +70,18 @@ def _shapes_eval_policy(policy, out: Path, n: int, steps: int, cfg_scale: float,
 
     specs = eval_specs(n)
     prompts = [s.text for s in specs]
-    images = generate(policy, prompts, steps=steps, guidance_scale=cfg_scale, seed=seed, progress=True)
+    images = generate(
+        policy, prompts, steps=steps, guidance_scale=cfg_scale, seed=seed, progress=True
+    )
     res = score_eval(images, specs)
     idx = [i for i in range(0, len(specs), max(1, len(specs) // 48))][:48]
     out.mkdir(parents=True, exist_ok=True)
-    save_grid(images[idx], [prompts[i] for i in idx], out / "grid.png", marks=[bool(res.passed[i]) for i in idx])
+    save_grid(
+        images[idx],
+        [prompts[i] for i in idx],
+        out / "grid.png",
+        marks=[bool(res.passed[i]) for i in idx],
+    )
     title = f"Shapes evaluation: {n} samples/category, ODE {steps} steps, CFG {cfg_scale}"
     _write_eval({**res.metrics, "table": res.table}, markdown_table(res, title), out)
 
@@ -83,7 +94,14 @@ def _eval(a: argparse.Namespace) -> int:
     policy, cfg, it = load_run_policy(a.run)
     out = Path(a.run) / "eval" / f"iter_{it:06d}"
     if cfg.data.eval_prompts.startswith("shapes:"):
-        _shapes_eval_policy(policy, out, a.n or cfg.eval.per_category, a.steps or cfg.eval.num_inference_steps, cfg.eval.guidance_scale, cfg.eval.seed)
+        _shapes_eval_policy(
+            policy,
+            out,
+            a.n or cfg.eval.per_category,
+            a.steps or cfg.eval.num_inference_steps,
+            cfg.eval_guidance_scale,
+            cfg.eval.seed,
+        )
         return 0
     m = evaluate(policy, cfg, build_run_rewards(cfg), out / "grid.png", a.n, a.steps)
     _write_eval(m, "\n".join(f"- {k}: {v:.4f}" for k, v in m.items()) + "\n", out)
@@ -97,8 +115,13 @@ def _sample(a: argparse.Namespace) -> int:
 
     policy, cfg, _ = load_run_policy(a.run)
     prompts = [p for p in a.prompt for _ in range(a.n)]
-    images = generate(policy, prompts, steps=a.steps or cfg.eval.num_inference_steps,
-                      guidance_scale=cfg.eval.guidance_scale if a.cfg is None else a.cfg, seed=a.seed)
+    images = generate(
+        policy,
+        prompts,
+        steps=a.steps or cfg.eval.num_inference_steps,
+        guidance_scale=cfg.eval_guidance_scale if a.cfg is None else a.cfg,
+        seed=a.seed,
+    )
     print(save_grid(images, prompts, a.out, cols=a.n))
     return 0
 
@@ -115,7 +138,9 @@ def _export(a: argparse.Namespace) -> int:
 
     policy, cfg, _ = load_run_policy(a.run, use_ema=a.ema)
     if cfg.model.family == "shapes":
-        raise SystemExit("error: export writes diffusers formats; a Shapes run's weights are in its checkpoints/")
+        raise SystemExit(
+            "error: export writes diffusers formats; a Shapes run's weights are in its checkpoints/"
+        )
     from flowdppo.models.export import export_full, export_lora
 
     print((export_full if cfg.model.full_finetune else export_lora)(policy, a.out))
@@ -135,7 +160,9 @@ def _demo(a: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # as `train`: a clean stop, not a traceback
         print(f"stopped; run `flowdppo demo --out {out}` again to resume", file=sys.stderr)
         return 130
-    print(f"demo done: {out}/metrics.jsonl, samples: {out}/samples/, curves: {plot_runs([out], out / 'curves.png')}")
+    print(
+        f"demo done: {out}/metrics.jsonl, samples: {out}/samples/, curves: {plot_runs([out], out / 'curves.png')}"
+    )
     return 0
 
 
@@ -167,7 +194,9 @@ def _shapes_render(a: argparse.Namespace) -> int:
     from flowdppo.viz import save_grid
 
     spec = parse_prompt(a.prompt)
-    images = render(sample_scenes([spec] * a.n, np.random.default_rng(a.seed)), antialias=a.antialias)
+    images = render(
+        sample_scenes([spec] * a.n, np.random.default_rng(a.seed)), antialias=a.antialias
+    )
     print(save_grid(images, [spec.text] * a.n, a.out, cols=min(a.n, 4)))
     return 0
 
@@ -175,14 +204,26 @@ def _shapes_render(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from flowdppo.shapes.pretrain import PretrainConfig
 
-    p = argparse.ArgumentParser(prog="flowdppo", description="Flow-DPPO: online RL for flow-matching generators")
+    p = argparse.ArgumentParser(
+        prog="flowdppo", description="Flow-DPPO: online RL for flow-matching generators"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a policy (no config: Shapes + Flow-DPPO defaults)")
     t.add_argument("config", nargs="?", help="YAML config (see configs/ and docs/config.md)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. loss.delta=1e-6")
-    t.add_argument("--max-iters", type=int, help="stop after this many iterations (default train.max_iters)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. loss.delta=1e-6",
+    )
+    t.add_argument(
+        "--max-iters", type=int, help="stop after this many iterations (default train.max_iters)"
+    )
     t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
     t.set_defaults(func=_train)
     r = sub.add_parser("resume", help="continue a run from its latest checkpoint")
     r.add_argument("run")
@@ -206,26 +247,39 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--run", action="append", required=True)
     pl.add_argument("--out", default="curves.png")
     pl.set_defaults(func=_plot)
-    x = sub.add_parser("export", help="export a diffusers run's LoRA (or full transformer) for diffusers")
+    x = sub.add_parser(
+        "export", help="export a diffusers run's LoRA (or full transformer) for diffusers"
+    )
     x.add_argument("--run", required=True)
     x.add_argument("--out", required=True)
-    x.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="export the EMA weights (default: if kept)")
+    x.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="export the EMA weights (default: if kept)",
+    )
     x.set_defaults(func=_export)
     d = sub.add_parser("demo", help="the Shapes demo: train with the defaults, then plot")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     d.set_defaults(func=_demo)
-    sh = sub.add_parser("shapes", help="the embedded Shapes benchmark").add_subparsers(dest="shapes_command", required=True)
+    sh = sub.add_parser("shapes", help="the embedded Shapes benchmark").add_subparsers(
+        dest="shapes_command", required=True
+    )
     sp = sh.add_parser("pretrain", help="pretrain the Shapes base model (resumable)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--steps", type=int, default=PretrainConfig.steps)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--threads", type=int, default=1)
     sp.set_defaults(func=_shapes_pretrain)
-    se = sh.add_parser("eval", help="GenEval-style table of a Shapes checkpoint (default: the shipped base)")
+    se = sh.add_parser(
+        "eval", help="GenEval-style table of a Shapes checkpoint (default: the shipped base)"
+    )
     se.add_argument("--checkpoint", help="a Shapes .safetensors (default: the shipped base model)")
     se.add_argument("--steps", type=int, default=40)
-    se.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)")
+    se.add_argument(
+        "--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)"
+    )
     se.add_argument("--n", type=int, default=100, help="samples per category")
     se.add_argument("--seed", type=int, default=1234)
     se.add_argument("--threads", type=int, default=0)

@@ -40,7 +40,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
         items = args if origin is tuple else [args[0]] * len(value)
-        out = [_convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, items, strict=True))]
+        out = [
+            _convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, items, strict=True))
+        ]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
@@ -70,7 +72,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     unknown = sorted(set(data) - set(names))
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown key(s) {[where + k for k in unknown]}; valid keys of {prefix or 'the config'}: {sorted(names)}")
+        raise ConfigError(
+            f"unknown key(s) {[where + k for k in unknown]}; valid keys of {prefix or 'the config'}: {sorted(names)}"
+        )
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -117,7 +121,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: invalid YAML: {err}") from err
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path}: expected a mapping at the top level, got {type(loaded).__name__}"
+            )
         data = loaded or {}
     for text in overrides or []:
         _set_path(data, *parse_override(text))

@@ -69,7 +69,9 @@ class SamplingConfig:
     num_inference_steps: int = _f(10, "denoising steps T of a rollout")
     sampler: str = _f("flow_sde", "stochastic sampler of trained steps: flow_sde | cps | dance_sde")
     eta: float = _f(0.7, "sampler noise level η")
-    guidance_scale: float = _f(1.0, "classifier-free guidance in rollouts (1.0 = none)")
+    guidance_scale: float = _f(
+        3.0, "classifier-free guidance in rollouts (1.0 = none; Shapes base: 3)"
+    )
     shift: float | None = _f(None, "sigma shift (shapes only; None = the model's own)")
     train_pool: tuple[float, float] = _f(
         (0.0, 0.5), "fractions [f0, f1) of steps eligible for training"
@@ -78,7 +80,7 @@ class SamplingConfig:
     train_mode: str = _f(
         "random", "how the K steps are drawn: random | window", choices=("random", "window")
     )
-    prompts_per_iter: int = _f(16, "P distinct prompts per iteration (global, all processes)")
+    prompts_per_iter: int = _f(8, "P distinct prompts per iteration (global, all processes)")
     group_size: int = _f(8, "G samples per prompt (the GRPO group)")
     batch_size: int = _f(64, "samples per forward pass when sampling (per process)")
 
@@ -240,10 +242,13 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = _f(10, "evaluate every this many iterations (0 = only at the end)")
+    every: int = _f(20, "evaluate every this many iterations (0 = only at the end)")
     num_inference_steps: int = _f(40, "ODE steps of the evaluation sampler")
-    guidance_scale: float = _f(1.0, "CFG of evaluation")
-    per_category: int = _f(100, "samples per category (shapes) or prompts (files)")
+    guidance_scale: float | None = _f(
+        None,
+        "CFG of evaluation (None: sampling.guidance_scale, so eval samples the trained policy)",
+    )
+    per_category: int = _f(50, "samples per category (shapes) or prompts (files)")
     seed: int = _f(1234, "evaluation noise seed (fixed across evaluations)")
 
 
@@ -275,6 +280,12 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def eval_guidance_scale(self) -> float:
+        """The evaluation CFG: ``eval.guidance_scale``, or the rollouts' when unset."""
+        g = self.eval.guidance_scale
+        return self.sampling.guidance_scale if g is None else g
 
     def validate(self) -> None:
         for f in fields(self):

@@ -104,11 +104,14 @@ class ShapesPolicy:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, **kwargs) -> ShapesPolicy:
+        """The Shapes checkpoint at ``path`` (default: the shipped base) with its recommended
+        sampling (``shift``; ``default_guidance_scale`` for evaluation) from its metadata."""
         model, meta = load_base_model(path)
-        shift = kwargs.pop("shift", None) or json.loads(meta.get("sampling", "{}")).get(
-            "shift", DEFAULT_SHIFT
-        )
-        return cls(model, shift=shift, **kwargs)
+        sampling = json.loads(meta.get("sampling", "{}"))
+        shift = kwargs.pop("shift", None) or sampling.get("shift", DEFAULT_SHIFT)
+        policy = cls(model, shift=shift, **kwargs)
+        policy.default_guidance_scale = float(sampling.get("guidance_scale", 1.0))
+        return policy
 
     @property
     def device(self) -> torch.device:

@@ -21,23 +21,35 @@ def _shapes(cfg: ModelConfig, device: torch.device, shift: float | None) -> Any:
     from flowdppo.models.shapes import ShapesPolicy
 
     return ShapesPolicy.from_pretrained(
-        cfg.pretrained, shift=shift, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-        lora_target_modules=cfg.lora_target_modules, full_finetune=cfg.full_finetune, device=device,
+        cfg.pretrained,
+        shift=shift,
+        lora_rank=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_target_modules=cfg.lora_target_modules,
+        full_finetune=cfg.full_finetune,
+        device=device,
     )
 
 
 def _diffusers(family: str) -> Callable[[ModelConfig, torch.device, float | None], Any]:
     def build(cfg: ModelConfig, device: torch.device, shift: float | None) -> Any:
         if cfg.pretrained is None:
-            raise ValueError(f"model.pretrained: the {family} family needs a local folder or cached hub id")
+            raise ValueError(
+                f"model.pretrained: the {family} family needs a local folder or cached hub id"
+            )
         if family == "sd3":
             from flowdppo.models.sd3 import SD3Policy as cls
         else:
             from flowdppo.models.flux import FluxPolicy as cls
         kwargs: dict[str, Any] = {
-            "device": device, "dtype": _dtype(cfg, device), "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha,
-            "lora_target_modules": cfg.lora_target_modules, "full_finetune": cfg.full_finetune,
-            "gradient_checkpointing": cfg.gradient_checkpointing, "offload_text_encoders": cfg.offload_text_encoders,
+            "device": device,
+            "dtype": _dtype(cfg, device),
+            "lora_rank": cfg.lora_rank,
+            "lora_alpha": cfg.lora_alpha,
+            "lora_target_modules": cfg.lora_target_modules,
+            "full_finetune": cfg.full_finetune,
+            "gradient_checkpointing": cfg.gradient_checkpointing,
+            "offload_text_encoders": cfg.offload_text_encoders,
         }
         if cfg.resolution is not None:
             kwargs["resolution"] = cfg.resolution

@@ -22,7 +22,14 @@ def _named_trainable(policy: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in policy.trainable_state_dict().items()}
 
 
-def save_checkpoint(run_dir: Path, iteration: int, policy: Any, optimizer: torch.optim.Optimizer, ema: Any, keep: int = 2) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    iteration: int,
+    policy: Any,
+    optimizer: torch.optim.Optimizer,
+    ema: Any,
+    keep: int = 2,
+) -> Path:
     """Write the checkpoint of the state *after* ``iteration`` iterations."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -32,7 +39,9 @@ def save_checkpoint(run_dir: Path, iteration: int, policy: Any, optimizer: torch
     tmp.mkdir()
     save_file(_named_trainable(policy), str(tmp / "trainable.safetensors"))
     if ema is not None:
-        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors")
+        )
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({"iteration": iteration}))
@@ -40,7 +49,7 @@ def save_checkpoint(run_dir: Path, iteration: int, policy: Any, optimizer: torch
     tmp.rename(final)
     (root / "latest.tmp").write_text(final.name)
     (root / "latest.tmp").replace(root / "latest")
-    for old in sorted(p for p in root.glob("iter_*") if p != final)[:-max(keep - 1, 0) or None]:
+    for old in sorted(p for p in root.glob("iter_*") if p != final)[: -max(keep - 1, 0) or None]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -66,7 +75,9 @@ def load_trainable(policy: Any, path: Path, use_ema: bool = False) -> None:
     """Load a checkpoint's trainable weights (or its EMA weights) into the policy."""
     file = path / ("ema.safetensors" if use_ema else "trainable.safetensors")
     if not file.exists():
-        raise FileNotFoundError(f"{file} does not exist" + (" (the run had no EMA)" if use_ema else ""))
+        raise FileNotFoundError(
+            f"{file} does not exist" + (" (the run had no EMA)" if use_ema else "")
+        )
     policy.load_trainable_state_dict(load_file(str(file)))
 
 

@@ -29,7 +29,9 @@ def load_prompts(source: str) -> tuple[list[str], list[dict[str, Any]]]:
         cats = parts[2].split(",") if len(parts) == 3 else list(CATEGORIES)
         bad = [c for c in cats if c not in CATEGORIES]
         if bad:
-            raise ValueError(f"prompt source {source!r}: unknown categories {bad}; expected {list(CATEGORIES)}")
+            raise ValueError(
+                f"prompt source {source!r}: unknown categories {bad}; expected {list(CATEGORIES)}"
+            )
         specs = [s for s in load_split(parts[1]) if s.category in cats]
         return [s.text for s in specs], [{"category": s.category} for s in specs]
     path = Path(source)

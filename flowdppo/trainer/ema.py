@@ -16,7 +16,9 @@ class EMA:
         if not 0 < decay < 1:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.policy, self.decay = policy, decay
-        self.shadow = {k: v.detach().clone().float() for k, v in policy.trainable_state_dict().items()}
+        self.shadow = {
+            k: v.detach().clone().float() for k, v in policy.trainable_state_dict().items()
+        }
 
     @torch.no_grad()
     def update(self) -> None:

@@ -19,8 +19,14 @@ from flowdppo.trainer.data import load_prompts
 from flowdppo.viz import save_grid
 
 
-def evaluate(policy: Any, cfg: RunConfig, rewards: list, grid_path: Path | None = None,
-             n_per_category: int | None = None, steps: int | None = None) -> dict[str, float]:
+def evaluate(
+    policy: Any,
+    cfg: RunConfig,
+    rewards: list,
+    grid_path: Path | None = None,
+    n_per_category: int | None = None,
+    steps: int | None = None,
+) -> dict[str, float]:
     """Evaluate the policy as configured by ``cfg.eval``; returns ``eval/...`` metrics."""
     e = cfg.eval
     n = n_per_category or e.per_category
@@ -33,17 +39,23 @@ def evaluate(policy: Any, cfg: RunConfig, rewards: list, grid_path: Path | None 
         cats = tuple(parts[2].split(",")) if len(parts) == 3 else CATEGORIES
         specs = eval_specs(n, parts[1], cats)
         prompts = [s.text for s in specs]
-        images = generate(policy, prompts, steps=steps, guidance_scale=e.guidance_scale, seed=e.seed)
+        images = generate(
+            policy, prompts, steps=steps, guidance_scale=cfg.eval_guidance_scale, seed=e.seed
+        )
         res = score_eval(images, specs)
         metrics, marks = res.metrics, [bool(p) for p in res.passed]
     else:
         all_prompts, meta = load_prompts(source)
         prompts, meta = all_prompts[:n], meta[:n]
-        images = generate(policy, prompts, steps=steps, guidance_scale=e.guidance_scale, seed=e.seed)
+        images = generate(
+            policy, prompts, steps=steps, guidance_scale=cfg.eval_guidance_scale, seed=e.seed
+        )
         batch = compute_rewards(rewards, images, prompts, meta, on_error="drop")
         total = batch.weighted_sum()[batch.valid]
         metrics = {"eval/reward_mean": float(total.mean())}
-        metrics.update({f"eval/{k}": float(batch.scores[k][batch.valid].mean()) for k in batch.names})
+        metrics.update(
+            {f"eval/{k}": float(batch.scores[k][batch.valid].mean()) for k in batch.names}
+        )
         marks = [None] * len(prompts)
     if grid_path is not None:
         idx = _spread(len(prompts), 32)

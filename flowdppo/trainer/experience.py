@@ -46,14 +46,23 @@ class Experience:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def sample_noise(seed: int, iteration: int, sample_id: int, shape: tuple[int, ...], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_noise(
+    seed: int, iteration: int, sample_id: int, shape: tuple[int, ...], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial noise [*shape] and trained-step noise [k, *shape] of one global sample."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + iteration) * 1_000_003 + sample_id)
     z = torch.randn(1 + k, *shape, generator=g)
     return z[0], z[1:]
 
 
-def _rollout_batch(policy: Policy, cfg: RunConfig, prompts: list[str], ids: list[int], iteration: int, steps: list[int]):
+def _rollout_batch(
+    policy: Policy,
+    cfg: RunConfig,
+    prompts: list[str],
+    ids: list[int],
+    iteration: int,
+    steps: list[int],
+):
     s = cfg.sampling
     shape = policy.latent_shape
     noises = [sample_noise(cfg.train.seed, iteration, j, shape, len(steps)) for j in ids]
@@ -65,22 +74,43 @@ def _rollout_batch(policy: Policy, cfg: RunConfig, prompts: list[str], ids: list
         return policy.velocity(x, sigma, cond, s.guidance_scale)
 
     out = sample(
-        velocity, init, policy.sigmas(s.num_inference_steps), sampler=s.sampler, eta=s.eta,
-        train_steps=steps, noise=step_noise, reduction=cfg.loss.reduction,
+        velocity,
+        init,
+        policy.sigmas(s.num_inference_steps),
+        sampler=s.sampler,
+        eta=s.eta,
+        train_steps=steps,
+        noise=step_noise,
+        reduction=cfg.loss.reduction,
     )
     refs = []
     with torch.no_grad(), policy.reference():
         for k in range(len(steps)):
-            r = recompute_step(velocity, out.x[:, k], out.x_next[:, k], out.sigma[k], out.sigma_next[k],
-                               sampler=s.sampler, eta=s.eta, reduction=cfg.loss.reduction)
+            r = recompute_step(
+                velocity,
+                out.x[:, k],
+                out.x_next[:, k],
+                out.sigma[k],
+                out.sigma_next[k],
+                sampler=s.sampler,
+                eta=s.eta,
+                reduction=cfg.loss.reduction,
+            )
             refs.append(r.mean)
     mean_ref = torch.stack(refs, dim=1) if refs else out.mean.clone()
     return out, mean_ref, policy.decode(out.latents)
 
 
 def collect(
-    policy: Policy, cfg: RunConfig, prompts: list[str], metadata: list[dict[str, Any]], sample_ids: list[int],
-    iteration: int, steps: list[int], rewards: list, pool: ThreadPoolExecutor,
+    policy: Policy,
+    cfg: RunConfig,
+    prompts: list[str],
+    metadata: list[dict[str, Any]],
+    sample_ids: list[int],
+    iteration: int,
+    steps: list[int],
+    rewards: list,
+    pool: ThreadPoolExecutor,
 ) -> Experience:
     """Roll out this process's samples in forward batches; rewards run in ``pool`` meanwhile."""
     bs = cfg.sampling.batch_size
@@ -88,10 +118,21 @@ def collect(
     t_roll = 0.0
     for lo in range(0, len(prompts), bs):
         t0 = time.perf_counter()
-        out, mean_ref, images = _rollout_batch(policy, cfg, prompts[lo : lo + bs], sample_ids[lo : lo + bs], iteration, steps)
+        out, mean_ref, images = _rollout_batch(
+            policy, cfg, prompts[lo : lo + bs], sample_ids[lo : lo + bs], iteration, steps
+        )
         t_roll += time.perf_counter() - t0
         parts.append((out, mean_ref, images))
-        futures.append(pool.submit(_score, rewards, images, prompts[lo : lo + bs], metadata[lo : lo + bs], cfg.reward_on_error))
+        futures.append(
+            pool.submit(
+                _score,
+                rewards,
+                images,
+                prompts[lo : lo + bs],
+                metadata[lo : lo + bs],
+                cfg.reward_on_error,
+            )
+        )
     t0 = time.perf_counter()
     scored = [f.result() for f in futures]
     wait = time.perf_counter() - t0
@@ -99,18 +140,37 @@ def collect(
     out0 = parts[0][0]
     g = cfg.sampling.group_size
     exp = Experience(
-        prompts=prompts, metadata=metadata,
-        sample_ids=torch.tensor(sample_ids), group_ids=torch.tensor(sample_ids) // g,
-        x=cat(0, "x"), x_next=cat(0, "x_next"), mean=cat(0, "mean"), std=cat(0, "std"), log_prob=cat(0, "log_prob"),
-        mean_ref=torch.cat([p[1] for p in parts]), images=torch.cat([p[2] for p in parts]),
-        sigma=out0.sigma, sigma_next=out0.sigma_next, step_index=out0.step_index,
+        prompts=prompts,
+        metadata=metadata,
+        sample_ids=torch.tensor(sample_ids),
+        group_ids=torch.tensor(sample_ids) // g,
+        x=cat(0, "x"),
+        x_next=cat(0, "x_next"),
+        mean=cat(0, "mean"),
+        std=cat(0, "std"),
+        log_prob=cat(0, "log_prob"),
+        mean_ref=torch.cat([p[1] for p in parts]),
+        images=torch.cat([p[2] for p in parts]),
+        sigma=out0.sigma,
+        sigma_next=out0.sigma_next,
+        step_index=out0.step_index,
         rewards=_merge(scored),
     )
-    exp.timings = {"time/rollout_s": t_roll, "time/reward_s": sum(s[1] for s in scored), "time/reward_wait_s": wait}
+    exp.timings = {
+        "time/rollout_s": t_roll,
+        "time/reward_s": sum(s[1] for s in scored),
+        "time/reward_wait_s": wait,
+    }
     return exp
 
 
-def _score(rewards: list, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]], on_error: str):
+def _score(
+    rewards: list,
+    images: torch.Tensor,
+    prompts: list[str],
+    metadata: list[dict[str, Any]],
+    on_error: str,
+):
     t0 = time.perf_counter()
     try:
         batch = compute_rewards(rewards, images, prompts, metadata, on_error=on_error)
@@ -137,7 +197,8 @@ def _merge(scored: list) -> RewardBatch:
     first = batches[0]
     keys = set.intersection(*(set(b.details) for b in batches))
     return RewardBatch(
-        names=first.names, weights=first.weights,
+        names=first.names,
+        weights=first.weights,
         scores={n: torch.cat([b.scores[n] for b in batches]) for n in first.names},
         valid=torch.cat([b.valid for b in batches]),
         details={k: torch.cat([b.details[k] for b in batches]) for k in sorted(keys)},
@@ -148,4 +209,6 @@ def _merge(scored: list) -> RewardBatch:
 def kl_to_reference(exp: Experience, reduction: str) -> torch.Tensor:
     """Exact KL(π_θold ‖ π_ref) per (sample, trained step): [B, K] (same std, so symmetric)."""
     b, k = exp.std.shape
-    return gaussian_kl(exp.mean.flatten(0, 1), exp.mean_ref.flatten(0, 1), exp.std.flatten(), reduction).view(b, k)
+    return gaussian_kl(
+        exp.mean.flatten(0, 1), exp.mean_ref.flatten(0, 1), exp.std.flatten(), reduction
+    ).view(b, k)

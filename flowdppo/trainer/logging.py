@@ -23,7 +23,11 @@ class RunLogger:
         if not enabled:
             return
         if resume_iter is not None and self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["iter"] <= resume_iter]
+            keep = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln and json.loads(ln)["iter"] <= resume_iter
+            ]
             self.path.write_text("".join(ln + "\n" for ln in keep))
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -38,7 +42,11 @@ class RunLogger:
     def log(self, kind: str, iteration: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        row = {"kind": kind, "iter": iteration, **{k: _clean(v) for k, v in sorted(metrics.items())}}
+        row = {
+            "kind": kind,
+            "iter": iteration,
+            **{k: _clean(v) for k, v in sorted(metrics.items())},
+        }
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:

@@ -11,7 +11,6 @@ mini-batch, however it is split (the batch × accumulation invariance of STYLE.m
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,7 +40,9 @@ class MetricAccumulator:
                 self.sums[k] = self.sums.get(k, 0.0) + v * n
                 self.weights[k] = self.weights.get(k, 0.0) + n
 
-    def result(self, reduce: Callable[[torch.Tensor, str], torch.Tensor], keys: list[str] | None = None) -> dict[str, float]:
+    def result(
+        self, reduce: Callable[[torch.Tensor, str], torch.Tensor], keys: list[str] | None = None
+    ) -> dict[str, float]:
         """Reduce across processes (``reduce(tensor, "sum"|"max"|"min")``) and finish the means.
 
         ``keys``: the metric names of all processes (every process must issue the same
@@ -55,7 +56,12 @@ class MetricAccumulator:
                 v = self.extremes.get(k, -float("inf") if op == "max" else float("inf"))
                 out[k] = float(reduce(torch.tensor([v], dtype=torch.float64), op)[0])
             else:
-                t = reduce(torch.tensor([self.sums.get(k, 0.0), self.weights.get(k, 0.0)], dtype=torch.float64), "sum")
+                t = reduce(
+                    torch.tensor(
+                        [self.sums.get(k, 0.0), self.weights.get(k, 0.0)], dtype=torch.float64
+                    ),
+                    "sum",
+                )
                 out[k] = float(t[0] / t[1]) if t[1] > 0 else 0.0
         return out
 
@@ -82,7 +88,9 @@ def all_keys(keys: list[str]) -> list[str]:
     return sorted({k for ks in gathered for k in ks or []})
 
 
-def minibatches(num_samples: int, num_steps: int, valid: torch.Tensor, cfg: RunConfig, iteration: int) -> list[torch.Tensor]:
+def minibatches(
+    num_samples: int, num_steps: int, valid: torch.Tensor, cfg: RunConfig, iteration: int
+) -> list[torch.Tensor]:
     """Global pair ids (sample * K + step) of each of the N mini-batches; valid samples only."""
     g = torch.Generator().manual_seed((cfg.train.seed * 7_919 + iteration) * 104_729 + 1)
     pairs = torch.arange(num_samples * num_steps)
@@ -101,21 +109,40 @@ def _micro_loss(policy: Policy, exp: Experience, local: torch.Tensor, cfg: RunCo
         return policy.velocity(x, sigma, cond, cfg.sampling.guidance_scale)
 
     new = recompute_step(
-        velocity, exp.x[i, s], exp.x_next[i, s], exp.sigma[s], exp.sigma_next[s],
-        sampler=cfg.sampling.sampler, eta=cfg.sampling.eta, reduction=cfg.loss.reduction,
+        velocity,
+        exp.x[i, s],
+        exp.x_next[i, s],
+        exp.sigma[s],
+        exp.sigma_next[s],
+        sampler=cfg.sampling.sampler,
+        eta=cfg.sampling.eta,
+        reduction=cfg.loss.reduction,
     )
     assert exp.advantages is not None
     inp = LossInputs(
-        log_prob=new.log_prob, log_prob_old=exp.log_prob[i, s], advantages=exp.advantages[i],
-        mean=new.mean, mean_old=exp.mean[i, s], std=exp.std[i, s], mean_ref=exp.mean_ref[i, s],
+        log_prob=new.log_prob,
+        log_prob_old=exp.log_prob[i, s],
+        advantages=exp.advantages[i],
+        mean=new.mean,
+        mean_old=exp.mean[i, s],
+        std=exp.std[i, s],
+        mean_ref=exp.mean_ref[i, s],
         step_size=(exp.sigma[s] - exp.sigma_next[s]),
     )
-    return compute_loss(cfg.loss.name, inp, beta=cfg.loss.beta, adv_clip=cfg.loss.adv_clip, **cfg.loss.hparams())
+    return compute_loss(
+        cfg.loss.name, inp, beta=cfg.loss.beta, adv_clip=cfg.loss.adv_clip, **cfg.loss.hparams()
+    )
 
 
 def update_policy(
-    policy: Policy, exp: Experience, cfg: RunConfig, optimizer: torch.optim.Optimizer, iteration: int,
-    num_samples: int, valid_global: torch.Tensor, reduce: Callable[[torch.Tensor, str], torch.Tensor],
+    policy: Policy,
+    exp: Experience,
+    cfg: RunConfig,
+    optimizer: torch.optim.Optimizer,
+    iteration: int,
+    num_samples: int,
+    valid_global: torch.Tensor,
+    reduce: Callable[[torch.Tensor, str], torch.Tensor],
     after_step: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
     """Run the N updates; returns metrics averaged over all terms of all processes."""
@@ -123,7 +150,9 @@ def update_policy(
     k = exp.std.shape[1]
     lo = int(exp.sample_ids[0])
     acc, first = MetricAccumulator(), MetricAccumulator()
-    batches = [mb for mb in minibatches(num_samples, k, valid_global, cfg, iteration) if mb.numel() > 0]
+    batches = [
+        mb for mb in minibatches(num_samples, k, valid_global, cfg, iteration) if mb.numel() > 0
+    ]
     for u, mb in enumerate(batches):
         mine = mb[(mb // k >= lo) & (mb // k < lo + len(exp.prompts))] - lo * k  # local pair ids
         # A process may hold none of a mini-batch's pairs: it adds no term (the mean of an empty
@@ -140,18 +169,31 @@ def update_policy(
             p.grad = reduce(p.grad, "sum")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         finite = bool(torch.isfinite(grad_norm))  # identical on every process (reduced grads)
-        acc.add({"train/grad_norm": float(grad_norm) if finite else 0.0, "train/skipped_frac": float(not finite)}, 1.0)
+        acc.add(
+            {
+                "train/grad_norm": float(grad_norm) if finite else 0.0,
+                "train/skipped_frac": float(not finite),
+            },
+            1.0,
+        )
         if finite:
             optimizer.step()
             after_step()
         else:
-            warnings.warn(f"iteration {iteration}: non-finite gradient norm; optimizer step skipped", stacklevel=2)
+            warnings.warn(
+                f"iteration {iteration}: non-finite gradient norm; optimizer step skipped",
+                stacklevel=2,
+            )
         optimizer.zero_grad(set_to_none=True)
     keys = all_keys(acc.keys())
     metrics = acc.result(reduce, keys)
     pre = first.result(reduce, keys)  # the first update runs before any optimizer step: on-policy
     metrics["check/onpolicy_kl_max"] = pre.get("kl/old_new_max", 0.0)
-    metrics["check/onpolicy_ratio_err_max"] = max(abs(pre.get("ratio/max", 1.0) - 1), abs(pre.get("ratio/min", 1.0) - 1))
-    if "kl/ref_mean" in metrics:  # the β-penalty's KL(π_θ ‖ π_ref) during the updates; the trainer's
+    metrics["check/onpolicy_ratio_err_max"] = max(
+        abs(pre.get("ratio/max", 1.0) - 1), abs(pre.get("ratio/min", 1.0) - 1)
+    )
+    if (
+        "kl/ref_mean" in metrics
+    ):  # the β-penalty's KL(π_θ ‖ π_ref) during the updates; the trainer's
         metrics["kl/ref_update_mean"] = metrics.pop("kl/ref_mean")  # kl/ref_mean is the rollout's
     return metrics

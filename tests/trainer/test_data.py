@@ -29,7 +29,9 @@ def test_files(tmp_path):
     txt.write_text("a cat\n\n a dog \n")
     assert load_prompts(str(txt)) == (["a cat", "a dog"], [{}, {}])
     jl = tmp_path / "p.jsonl"
-    jl.write_text(json.dumps({"prompt": "a cat", "tag": "x"}) + "\n" + json.dumps({"tag": "y"}) + "\n")
+    jl.write_text(
+        json.dumps({"prompt": "a cat", "tag": "x"}) + "\n" + json.dumps({"tag": "y"}) + "\n"
+    )
     with pytest.raises(ValueError, match=r"p.jsonl:2: expected a JSON object with a 'prompt' key"):
         load_prompts(str(jl))
     with pytest.raises(FileNotFoundError, match="does not exist"):
