@@ -58,6 +58,9 @@ class ModelConfig:
     resolution: int | None = _f(
         None, "image side in pixels (diffusers models; None = model default)"
     )
+    max_sequence_length: int | None = _f(
+        None, "text tokens of the T5 encoder (diffusers models; None = 256 for SD3, 512 for FLUX)"
+    )
 
     def validate(self) -> None:
         _check(self.lora_rank >= 1, "model.lora_rank", self.lora_rank, "an int >= 1")

@@ -53,6 +53,8 @@ def _diffusers(family: str) -> Callable[[ModelConfig, torch.device, float | None
         }
         if cfg.resolution is not None:
             kwargs["resolution"] = cfg.resolution
+        if cfg.max_sequence_length is not None:
+            kwargs["max_sequence_length"] = cfg.max_sequence_length
         return cls.from_pretrained(cfg.pretrained, **kwargs)
 
     return build
