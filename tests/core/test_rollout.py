@@ -188,3 +188,23 @@ def test_bad_rollout_arguments(kwargs, match):
     args = {"train_steps": [0], **kwargs}
     with pytest.raises(ValueError, match=match):
         sample(gaussian_velocity, torch.zeros(2, 3), shifted_sigmas(10), **args)
+
+
+def test_given_noise_is_used_per_sample_and_checked():
+    """Pre-drawn noise [B, K, ...]: a sample's trajectory does not depend on its batch."""
+
+    def vel(x, s):
+        return -x * (1 + s[:, None])  # any smooth velocity, per-sample sigma
+
+    sig = shifted_sigmas(6, 3.0)
+    g = torch.Generator().manual_seed(0)
+    x0, z = torch.randn(3, 4, generator=g), torch.randn(3, 2, 4, generator=g)
+    whole = sample(vel, x0, sig, sampler="flow_sde", train_steps=(0, 2), noise=z)
+    part = sample(vel, x0[1:2], sig, sampler="flow_sde", train_steps=(0, 2), noise=z[1:2])
+    torch.testing.assert_close(part.latents, whole.latents[1:2], rtol=0, atol=1e-6)
+    # The first trained step is x_1 = mean + std * z exactly.
+    torch.testing.assert_close(
+        whole.x_next[:, 0], whole.mean[:, 0] + whole.std[:, 0, None] * z[:, 0]
+    )
+    with pytest.raises(ValueError, match=r"noise must have shape \[3, 2, 4\]"):
+        sample(vel, x0, sig, sampler="flow_sde", train_steps=(0, 2), noise=z[:, :1])
