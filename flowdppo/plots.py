@@ -12,6 +12,14 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _moving_average(ys: list[float], k: int) -> list[float]:
+    """Trailing mean over up to ``k`` points (the per-iteration reward is a noisy estimate)."""
+    return [
+        sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1])
+        for i in range(len(ys))
+    ]
+
+
 def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Four panels: training reward, exact KL to the base model, eval score, eval score vs KL."""
     import matplotlib
@@ -23,7 +31,14 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     for run in run_dirs:
         train, ev = read_metrics(Path(run), "train"), read_metrics(Path(run), "eval")
         label = Path(run).name
-        axes[0].plot(*_series(train, "reward/mean"), label=label)
+        xs, ys = _series(train, "reward/mean")
+        (line,) = axes[0].plot(xs, ys, alpha=0.3)
+        axes[0].plot(
+            xs,
+            _moving_average(ys, 10),
+            color=line.get_color(),
+            label=f"{label} (10-iteration mean)",
+        )
         axes[1].plot(*_series(train, "kl/ref_mean"), label=label)
         key = (
             "eval/strict_overall"
