@@ -136,7 +136,6 @@ def collect(
     t0 = time.perf_counter()
     scored = [f.result() for f in futures]
     wait = time.perf_counter() - t0
-    cat = lambda i, attr: torch.cat([getattr(p[0], attr) for p in parts])  # noqa: E731
     out0 = parts[0][0]
     g = cfg.sampling.group_size
     exp = Experience(
@@ -144,11 +143,11 @@ def collect(
         metadata=metadata,
         sample_ids=torch.tensor(sample_ids),
         group_ids=torch.tensor(sample_ids) // g,
-        x=cat(0, "x"),
-        x_next=cat(0, "x_next"),
-        mean=cat(0, "mean"),
-        std=cat(0, "std"),
-        log_prob=cat(0, "log_prob"),
+        x=_cat(parts, "x"),
+        x_next=_cat(parts, "x_next"),
+        mean=_cat(parts, "mean"),
+        std=_cat(parts, "std"),
+        log_prob=_cat(parts, "log_prob"),
         mean_ref=torch.cat([p[1] for p in parts]),
         images=torch.cat([p[2] for p in parts]),
         sigma=out0.sigma,
@@ -162,6 +161,11 @@ def collect(
         "time/reward_wait_s": wait,
     }
     return exp
+
+
+def _cat(parts: list, attr: str) -> torch.Tensor:
+    """Concatenate one stored RolloutOutput field over the forward batches (batch dim 0)."""
+    return torch.cat([getattr(p[0], attr) for p in parts])
 
 
 def _score(

@@ -18,7 +18,7 @@ import torch
 
 from flowdppo.config.schema import RunConfig
 from flowdppo.core import LossInputs, compute_loss, recompute_step
-from flowdppo.models.base import Policy, index_cond
+from flowdppo.models.base import Policy
 from flowdppo.trainer.experience import Experience
 
 
@@ -103,7 +103,7 @@ def _micro_loss(policy: Policy, exp: Experience, local: torch.Tensor, cfg: RunCo
     """Loss output of one micro-batch of local pair ids (sample_local * K + step)."""
     k = exp.std.shape[1]
     i, s = local // k, local % k
-    cond = index_cond(policy.encode_prompts([exp.prompts[j] for j in i.tolist()]), slice(None))
+    cond = policy.encode_prompts([exp.prompts[j] for j in i.tolist()])  # cached per prompt
 
     def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return policy.velocity(x, sigma, cond, cfg.sampling.guidance_scale)
