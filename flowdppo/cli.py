@@ -160,6 +160,18 @@ def _demo(a: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # as `train`: a clean stop, not a traceback
         print(f"stopped; run `flowdppo demo --out {out}` again to resume", file=sys.stderr)
         return 130
+    from flowdppo.trainer.logging import read_metrics
+
+    for row in read_metrics(out, "eval"):  # held-out strict accuracy at each evaluation
+        acc = {
+            k.removeprefix("eval/strict_"): v
+            for k, v in row.items()
+            if k.startswith("eval/strict_")
+        }
+        print(
+            f"iteration {row['iter']:3d}: "
+            + ", ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items())
+        )
     print(
         f"demo done: {out}/metrics.jsonl, samples: {out}/samples/, curves: {plot_runs([out], out / 'curves.png')}"
     )
