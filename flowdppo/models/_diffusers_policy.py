@@ -27,8 +27,7 @@ from flowdppo.models._diffusers_common import (
     reference_context,
     resolve_dtype,
 )
-from flowdppo.models.base import Cond
-from flowdppo.models.lora import lora_state_dict, set_lora_state_dict
+from flowdppo.models.base import Cond, load_trainable_state_dict, trainable_state_dict
 
 
 class DiffusersPolicy:
@@ -185,27 +184,14 @@ class DiffusersPolicy:
         return (p for p in self.transformer.parameters() if p.requires_grad)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Trainable weights by parameter name, detached: LoRA keys (``...lora_A.default.weight``,
-        see ``flowdppo.models.lora``) or every transformer weight for full fine-tuning."""
-        if self._reference is None:
-            return lora_state_dict(self.transformer)
-        return {n: p.detach() for n, p in self.transformer.named_parameters() if p.requires_grad}
+        """Trainable transformer weights by parameter name, detached: LoRA keys
+        (``...lora_A.default.weight``, see ``flowdppo.models.lora``) or every transformer weight
+        for full fine-tuning (all else is frozen)."""
+        return trainable_state_dict(self.transformer)
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load weights saved by ``trainable_state_dict`` (keys and shapes must match exactly)."""
-        if self._reference is None:
-            set_lora_state_dict(self.transformer, state)
-            return
-        named = {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
-        missing, unexpected = sorted(set(named) - set(state)), sorted(set(state) - set(named))
-        if missing or unexpected:
-            raise KeyError(
-                f"load_trainable_state_dict: missing {missing[:5]} ({len(missing)} total), "
-                f"unexpected {unexpected[:5]} ({len(unexpected)} total)"
-            )
-        with torch.no_grad():
-            for name, param in named.items():
-                param.copy_(state[name].to(device=param.device, dtype=param.dtype))
+        load_trainable_state_dict(self.transformer, state)
 
     def reference(self) -> AbstractContextManager[None]:
         """The base model: LoRA disabled, or the frozen pre-training copy (full fine-tuning)."""

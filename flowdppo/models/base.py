@@ -14,22 +14,41 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-# Prompt conditioning: a dict of tensors that all share the leading batch dimension, so that
-# ``{k: t[idx] for k, t in cond.items()}`` selects samples. Adapters put whatever they need in it
-# (token embeddings, pooled embeddings, masks).
+# Prompt conditioning: a dict of tensors that all share the leading batch dimension. Adapters put
+# whatever they need in it (token embeddings, pooled embeddings, masks).
 Cond = dict[str, torch.Tensor]
 
 
-def index_cond(cond: Cond, index: torch.Tensor | slice) -> Cond:
-    """Select samples of a conditioning dict along the batch dimension."""
-    return {k: t[index] for k, t in cond.items()}
+def trainable_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters of ``module`` that require grad, by name, detached (LoRA weights after
+    ``add_lora``, which freezes the rest; every unfrozen weight for full fine-tuning)."""
+    return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
 
 
-def cat_conds(conds: list[Cond]) -> Cond:
-    """Concatenate conditioning dicts along the batch dimension."""
-    if not conds:
-        raise ValueError("cat_conds: empty list")
-    return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+def load_parameters(
+    params: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor], who: str
+) -> None:
+    """Copy ``state`` into ``params``: keys and shapes must match exactly (errors name ``who``)."""
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise KeyError(
+            f"{who}: key mismatch; missing {missing[:5]} ({len(missing)} total), "
+            f"unexpected {unexpected[:5]} ({len(unexpected)} total)"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            value = state[name]
+            if value.shape != param.shape:
+                raise ValueError(
+                    f"{who}: {name} has shape {tuple(value.shape)}, the module expects {tuple(param.shape)}"
+                )
+            param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+
+def load_trainable_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Inverse of ``trainable_state_dict``."""
+    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    load_parameters(params, state, "load_trainable_state_dict")
 
 
 @runtime_checkable

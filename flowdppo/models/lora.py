@@ -19,6 +19,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from flowdppo.models.base import load_parameters
+
 ADAPTER_NAME = "default"
 
 
@@ -105,24 +107,9 @@ def lora_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def set_lora_state_dict(module: nn.Module, sd: dict[str, torch.Tensor]) -> None:
-    """Load LoRA weights saved by ``lora_state_dict``; keys must match exactly."""
+    """Load LoRA weights saved by ``lora_state_dict``; keys and shapes must match exactly."""
     params = {n: p for n, p in module.named_parameters() if _is_lora_name(n)}
-    missing = sorted(set(params) - set(sd))
-    unexpected = sorted(set(sd) - set(params))
-    if missing or unexpected:
-        raise KeyError(
-            f"set_lora_state_dict: key mismatch; missing {missing[:5]} ({len(missing)} total), "
-            f"unexpected {unexpected[:5]} ({len(unexpected)} total)"
-        )
-    with torch.no_grad():
-        for name, param in params.items():
-            value = sd[name]
-            if value.shape != param.shape:
-                raise ValueError(
-                    f"set_lora_state_dict: {name} has shape {tuple(value.shape)}, "
-                    f"the module expects {tuple(param.shape)}"
-                )
-            param.copy_(value.to(device=param.device, dtype=param.dtype))
+    load_parameters(params, sd, "set_lora_state_dict")
 
 
 def _tuner_layers(module: nn.Module) -> list[nn.Module]:

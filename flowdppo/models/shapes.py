@@ -19,24 +19,11 @@ from pathlib import Path
 import torch
 
 from flowdppo.core import shifted_sigmas
-from flowdppo.models.base import Cond
+from flowdppo.models.base import Cond, load_trainable_state_dict, trainable_state_dict
 from flowdppo.models.lora import add_lora, disabled_lora, lora_parameters
 from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig, tokenize
 
 DEFAULT_TARGETS = ["qkv", "proj", "fc1", "fc2"]
-
-
-def load_named(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy ``state`` into the trainable parameters of ``module``; keys must match exactly."""
-    named = {n: p for n, p in module.named_parameters() if p.requires_grad}
-    missing, unexpected = sorted(set(named) - set(state)), sorted(set(state) - set(named))
-    if missing or unexpected:
-        raise KeyError(
-            f"trainable weights do not match: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
-    with torch.no_grad():
-        for n, p in named.items():
-            p.copy_(state[n].to(p.device, p.dtype))
 
 
 DEFAULT_SHIFT = 1.0
@@ -176,11 +163,11 @@ class ShapesPolicy:
         return lora_parameters(self.model)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Trainable weights by name (LoRA only, or the whole flow network)."""
-        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        """Trainable weights by name (LoRA only, or the flow network without the text encoder)."""
+        return trainable_state_dict(self.model)
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_named(self.model, state)
+        load_trainable_state_dict(self.model, state)
 
     def _base_context(self):
         return nullcontext() if self.full_finetune else disabled_lora(self.model)

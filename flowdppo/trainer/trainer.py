@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -205,7 +205,7 @@ class Trainer:
             return {}
         t0 = time.perf_counter()
         path = self.run_dir / "samples" / f"iter_{self.iteration:06d}.png" if grid else None
-        ctx = self.ema.swapped_in() if self.ema is not None else _null()
+        ctx = self.ema.swapped_in() if self.ema is not None else nullcontext()
         with ctx:
             metrics = evaluate(self.policy, self.cfg, self.rewards, path)
         metrics["time/eval_s"] = time.perf_counter() - t0
@@ -313,11 +313,3 @@ def _deferred_sigint() -> Iterator[Callable[[], bool]]:
 def _reduce_extreme(acc, t: torch.Tensor, op: str) -> torch.Tensor:
     gathered = acc.gather(t.to(acc.device).reshape(1, -1))  # [P, n]
     return gathered.max(0).values if op == "max" else gathered.min(0).values
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: object) -> None:
-        return None

@@ -1,4 +1,5 @@
-"""Core tests use tiny tensors: one intra-op thread is faster than contending for shared cores."""
+"""All tests run on one intra-op torch thread: their models and tensors are tiny, and one thread
+is faster than two workers (pytest -n 2) contending for the machine's two cores."""
 
 from __future__ import annotations
 
