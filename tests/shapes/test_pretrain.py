@@ -1,0 +1,70 @@
+"""Pretraining: the learning-rate schedule, pure-function batches, and exact resumption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flowdppo.shapes import pretrain as pt
+from flowdppo.shapes.model import ShapesModelConfig
+from flowdppo.shapes.prompts import CATEGORIES, load_split
+
+TINY = ShapesModelConfig(
+    width=32, depth=1, heads=2, text_width=16, text_depth=1, stem_channels=8, head_channels=8
+)
+
+
+def test_lr_schedule_warmup_then_cosine_to_final_fraction():
+    cfg = pt.PretrainConfig(steps=1100, lr=1e-3, warmup_steps=100, final_lr_frac=0.1)
+    assert pt.lr_at(0, cfg) == pytest.approx(1e-5)  # (0 + 1) / 100 of the peak
+    assert pt.lr_at(99, cfg) == pytest.approx(1e-3)
+    assert pt.lr_at(100, cfg) == pytest.approx(1e-3)  # cosine starts at the peak
+    assert pt.lr_at(600, cfg) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way: cos = 0
+    assert pt.lr_at(1100, cfg) == pytest.approx(1e-4)
+
+
+def test_batch_is_a_pure_function_of_seed_and_step():
+    cfg = pt.PretrainConfig(batch_size=16, seed=3)
+    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    a, b = pt.make_batch(7, cfg, by_cat), pt.make_batch(7, cfg, by_cat)
+    other = pt.make_batch(8, cfg, by_cat)
+    assert a[1] == b[1] and all(torch.equal(x, y) for x, y in zip(a[::2], b[::2], strict=True))
+    assert not torch.equal(a[0], other[0])
+    assert a[0].min() >= -1 and a[0].max() <= 1 and ((a[3] > 0) & (a[3] < 1)).all()
+    test = {s.text for s in load_split("test")}
+    assert not test & set(a[1])  # never a test prompt
+
+
+def test_interrupted_pretraining_resumes_exactly(tmp_path, monkeypatch):
+    cfg = pt.PretrainConfig(steps=4, batch_size=4, warmup_steps=1, checkpoint_every_s=0.0)
+    pt.pretrain(tmp_path / "straight", cfg, TINY)
+
+    real = pt.make_batch
+
+    def crash_at_step_2(step, *args):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(step, *args)
+
+    monkeypatch.setattr(pt, "make_batch", crash_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        pt.pretrain(tmp_path / "resumed", cfg, TINY)
+    assert torch.load(tmp_path / "resumed" / "pretrain_state.pt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(pt, "make_batch", real)
+    pt.pretrain(tmp_path / "resumed", cfg, TINY)
+
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        a, b = (
+            load_file(str(tmp_path / "straight" / name)),
+            load_file(str(tmp_path / "resumed" / name)),
+        )
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def losses(run: str) -> list[float]:
+        log = (tmp_path / run / "pretrain_log.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in log]
+
+    assert losses("straight") == losses("resumed")
