@@ -137,6 +137,23 @@ class RewardBatch:
         """[B] = Σ_r weight_r · score_r (the ``sum`` aggregation before normalisation)."""
         return self.matrix() @ self.weights
 
+    @classmethod
+    def concat(cls, batches: Sequence[RewardBatch]) -> RewardBatch:
+        """One batch of consecutive chunks scored by the same rewards: scores, valid and the
+        details every chunk has are concatenated; per-chunk ``metrics`` are not (recompute them
+        on the whole batch)."""
+        if not batches or any(b.names != batches[0].names for b in batches):
+            raise ValueError("RewardBatch.concat: need one or more batches of the same rewards")
+        keys = set.intersection(*(set(b.details) for b in batches))
+        return cls(
+            names=batches[0].names,
+            weights=batches[0].weights,
+            scores={n: torch.cat([b.scores[n] for b in batches]) for n in batches[0].names},
+            valid=torch.cat([b.valid for b in batches]),
+            details={k: torch.cat([b.details[k] for b in batches]) for k in sorted(keys)},
+            metrics={},
+        )
+
 
 def _validate(name: str, out: Any, n: int) -> torch.Tensor:
     """Scores of one chunk as [n] float32 CPU; raise RewardError for a malformed result."""

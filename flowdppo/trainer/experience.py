@@ -153,7 +153,7 @@ def collect(
         sigma=out0.sigma,
         sigma_next=out0.sigma_next,
         step_index=out0.step_index,
-        rewards=_merge(scored),
+        rewards=RewardBatch.concat([s[0] for s in scored]),
     )
     exp.timings = {
         "time/rollout_s": t_roll,
@@ -193,21 +193,6 @@ def _all_dropped(rewards: list, n: int) -> RewardBatch:
     weights = torch.tensor([r.weight for r in rewards], dtype=torch.float32)
     scores = {name: torch.zeros(n) for name in names}
     return RewardBatch(names, weights, scores, torch.zeros(n, dtype=torch.bool), {}, {})
-
-
-def _merge(scored: list) -> RewardBatch:
-    """Concatenate per-forward-batch RewardBatches (scores, valid, details; metrics recomputed later)."""
-    batches: list[RewardBatch] = [s[0] for s in scored]
-    first = batches[0]
-    keys = set.intersection(*(set(b.details) for b in batches))
-    return RewardBatch(
-        names=first.names,
-        weights=first.weights,
-        scores={n: torch.cat([b.scores[n] for b in batches]) for n in first.names},
-        valid=torch.cat([b.valid for b in batches]),
-        details={k: torch.cat([b.details[k] for b in batches]) for k in sorted(keys)},
-        metrics={},
-    )
 
 
 def kl_to_reference(exp: Experience, reduction: str) -> torch.Tensor:

@@ -228,3 +228,25 @@ def test_every_reward_module_is_registered_by_builtin():
     expected = {"jpeg_compressibility", "jpeg_incompressibility", "clip_score", "pickscore"}
     expected |= {"aesthetic", "hpsv2", "imagereward", "ocr", "remote"}
     assert expected <= set(available_rewards())
+
+
+def test_reward_batch_concat_equals_scoring_the_whole_batch():
+    from flowdppo.rewards.compute import RewardBatch, build_rewards, compute_rewards
+
+    rewards = build_rewards(
+        [{"name": "jpeg_incompressibility"}, {"name": "jpeg_compressibility", "weight": 0.5}]
+    )
+    images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    prompts = [f"p{i}" for i in range(5)]
+    whole = compute_rewards(rewards, images, prompts)
+    parts = RewardBatch.concat(
+        [
+            compute_rewards(rewards, images[:2], prompts[:2]),
+            compute_rewards(rewards, images[2:], prompts[2:]),
+        ]
+    )
+    assert parts.names == whole.names and torch.equal(parts.valid, whole.valid)
+    assert all(torch.equal(parts.scores[n], whole.scores[n]) for n in whole.names)
+    torch.testing.assert_close(parts.weighted_sum(), whole.weighted_sum())
+    with pytest.raises(ValueError, match="same rewards"):
+        RewardBatch.concat([whole, compute_rewards(rewards[:1], images, prompts)])
