@@ -134,6 +134,17 @@ def _micro_loss(policy: Policy, exp: Experience, local: torch.Tensor, cfg: RunCo
     )
 
 
+def _sum_gradients(
+    params: list[torch.nn.Parameter], reduce: Callable[[torch.Tensor, str], torch.Tensor]
+) -> None:
+    """Sum gradients over processes (each holds its share of the global mean) in one collective:
+    flattened into one buffer, not one all-reduce per parameter (hundreds for a big LoRA)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = reduce(torch.cat([g.reshape(-1) for g in grads]), "sum")  # [total numel]
+    for p, g in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+        p.grad = g.view_as(p).to(p.dtype)
+
+
 def update_policy(
     policy: Policy,
     exp: Experience,
@@ -163,10 +174,7 @@ def update_policy(
             acc.add(out.metrics, micro.numel())
             if u == 0:
                 first.add(out.metrics, micro.numel())
-        for p in params:  # sum over processes: each holds its share of the global mean
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            p.grad = reduce(p.grad, "sum")
+        _sum_gradients(params, reduce)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         finite = bool(torch.isfinite(grad_norm))  # identical on every process (reduced grads)
         acc.add(
