@@ -98,6 +98,11 @@ class _ClipReward:
         dt = _dtype(dtype, f"{self.name}.dtype")
         self.clip = ClipEmbedder(model_path, processor_path, self.device, dt)
 
+    def cosine(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """cos(image embedding, prompt embedding): [B] float32 (images checked first)."""
+        check_images(images, self.name)
+        return (self.clip.image_embeds(images) * self.clip.text_embeds(prompts)).sum(-1)
+
 
 @register_reward("clip_score")
 class ClipScore(_ClipReward):
@@ -118,8 +123,7 @@ class ClipScore(_ClipReward):
     def __call__(
         self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]
     ) -> RewardOutput:
-        check_images(images, self.name)
-        cos = (self.clip.image_embeds(images) * self.clip.text_embeds(prompts)).sum(-1)
+        cos = self.cosine(images, prompts)
         return RewardOutput(scores=(100 * cos).clamp(min=0).cpu(), details={"cosine": cos.cpu()})
 
 
@@ -142,8 +146,7 @@ class PickScore(_ClipReward):
     def __call__(
         self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]
     ) -> RewardOutput:
-        check_images(images, self.name)
-        cos = (self.clip.image_embeds(images) * self.clip.text_embeds(prompts)).sum(-1)
+        cos = self.cosine(images, prompts)
         scale = self.clip.model.logit_scale.detach().float().exp().cpu()
         return RewardOutput(scores=scale * cos.cpu(), details={"cosine": cos.cpu()})
 

@@ -119,8 +119,7 @@ class HPSv2(_ClipReward):
     def __call__(
         self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]
     ) -> RewardOutput:
-        check_images(images, self.name)
-        cos = (self.clip.image_embeds(images) * self.clip.text_embeds(prompts)).sum(-1)
+        cos = self.cosine(images, prompts)
         return RewardOutput(scores=cos.cpu())
 
 
