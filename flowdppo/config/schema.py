@@ -85,6 +85,9 @@ class SamplingConfig:
     )
     prompts_per_iter: int = _f(8, "P distinct prompts per iteration (global, all processes)")
     group_size: int = _f(8, "G samples per prompt (the GRPO group)")
+    shared_initial_noise: bool = _f(
+        False, "the G samples of a prompt start from the same initial noise (DanceGRPO)"
+    )
     batch_size: int = _f(64, "samples per forward pass when sampling (per process)")
 
     def validate(self) -> None:

@@ -2,7 +2,9 @@
 
 ALGORITHM.md §6 step 1–2. Sample ``j`` of the global batch (prompt ``j // G``) draws its initial
 noise and its trained-step noise from its own generator seeded by ``(seed, iteration, j)``, so
-a sample is the same whichever process or forward pass produces it. For the trained steps the
+a sample is the same whichever process or forward pass produces it (with
+``sampling.shared_initial_noise`` the initial noise is drawn per prompt, from ``(seed, iteration,
+j // G)``, and only the trained-step noise per sample). For the trained steps the
 tuple of §3 is stored (x_k, x_{k+1}, μ_old, s_k, logp_old) plus μ_ref, the reference model's
 mean at the same state (frozen, so it never needs recomputing: it serves both the β·KL penalty
 and the ``kl/ref_mean`` metric). No replay forward pass is made before the update.
@@ -47,12 +49,26 @@ class Experience:
 
 
 def sample_noise(
-    seed: int, iteration: int, sample_id: int, shape: tuple[int, ...], k: int
+    seed: int,
+    iteration: int,
+    sample_id: int,
+    shape: tuple[int, ...],
+    k: int,
+    group_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Initial noise [*shape] and trained-step noise [k, *shape] of one global sample."""
+    """Initial noise [*shape] and trained-step noise [k, *shape] of one global sample.
+
+    With ``group_id`` the initial noise is the group's (drawn from a stream of its own, the same
+    for every sample of the group) and only the trained-step noise is the sample's.
+    """
     g = torch.Generator().manual_seed((seed * 1_000_003 + iteration) * 1_000_003 + sample_id)
     z = torch.randn(1 + k, *shape, generator=g)
-    return z[0], z[1:]
+    if group_id is None:
+        return z[0], z[1:]
+    gg = torch.Generator().manual_seed(
+        ((seed * 1_000_003 + iteration) * 1_000_003 + group_id) * 7 + 1
+    )
+    return torch.randn(*shape, generator=gg), z[1:]
 
 
 def _rollout_batch(
@@ -65,7 +81,13 @@ def _rollout_batch(
 ):
     s = cfg.sampling
     shape = policy.latent_shape
-    noises = [sample_noise(cfg.train.seed, iteration, j, shape, len(steps)) for j in ids]
+    gsize = s.group_size if s.shared_initial_noise else None
+    noises = [
+        sample_noise(
+            cfg.train.seed, iteration, j, shape, len(steps), None if gsize is None else j // gsize
+        )
+        for j in ids
+    ]
     init = torch.stack([n[0] for n in noises]).to(policy.device)  # [b, *latent]
     step_noise = torch.stack([n[1] for n in noises]).to(policy.device)  # [b, K, *latent]
     cond = policy.encode_prompts(prompts)

@@ -16,8 +16,10 @@ from .tiny import tiny_config
 PROMPTS = ["a red circle", "a red circle", "two blue squares", "two blue squares"]
 
 
-def _collect(tiny_ckpt, batch_size: int, ids=(0, 1, 2, 3)):
-    cfg = tiny_config(tiny_ckpt, f"sampling.batch_size={batch_size}", "rewards=[{name: test_red}]")
+def _collect(tiny_ckpt, batch_size: int, ids=(0, 1, 2, 3), *extra: str):
+    cfg = tiny_config(
+        tiny_ckpt, f"sampling.batch_size={batch_size}", "rewards=[{name: test_red}]", *extra
+    )
     torch.manual_seed(0)
     policy = build_policy(cfg, torch.device("cpu"))
     with ThreadPoolExecutor(1) as pool:
@@ -65,3 +67,21 @@ def test_experience_holds_the_trained_steps_tuple(tiny_ckpt) -> None:
     # LoRA B = 0: the policy is the reference, bit for bit, so KL(π_old ‖ π_ref) = 0 exactly.
     assert torch.equal(exp.mean, exp.mean_ref)
     assert torch.equal(kl_to_reference(exp, "mean"), torch.zeros(4, 2))
+
+
+def test_shared_initial_noise_is_per_group_and_step_noise_per_sample() -> None:
+    a0, ak = sample_noise(7, 3, 4, (3, 4, 4), 2, group_id=2)
+    b0, bk = sample_noise(7, 3, 5, (3, 4, 4), 2, group_id=2)
+    c0, _ = sample_noise(7, 3, 6, (3, 4, 4), 2, group_id=3)
+    assert torch.equal(a0, b0) and not torch.equal(a0, c0)
+    assert not torch.equal(ak, bk)
+    assert torch.equal(ak, sample_noise(7, 3, 4, (3, 4, 4), 2)[1])  # step noise: the sample's own
+
+
+def test_shared_initial_noise_in_a_rollout(tiny_ckpt) -> None:
+    """G = 2: samples 0 and 1 (one prompt) start from the same noise, so they agree before the
+    first trained step (step 0 here, so x_0 is equal) and differ after it."""
+    exp = _collect(tiny_ckpt, 4, (0, 1, 2, 3), "sampling.shared_initial_noise=true")
+    assert torch.equal(exp.x[0, 0], exp.x[1, 0]) and torch.equal(exp.x[2, 0], exp.x[3, 0])
+    assert not torch.equal(exp.x[0, 0], exp.x[2, 0])
+    assert not torch.allclose(exp.x_next[0, 0], exp.x_next[1, 0], atol=1e-3)
