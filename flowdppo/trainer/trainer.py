@@ -34,6 +34,18 @@ from flowdppo.trainer.logging import RunLogger
 from flowdppo.trainer.update import update_policy
 
 
+def flat_group_fraction(total: torch.Tensor, valid: torch.Tensor, group_size: int) -> float:
+    """Fraction of the valid samples [N] whose group's valid rewards are all equal: their
+    advantages are 0, they carry no signal. Dropped samples are ignored within their group."""
+    t = total.masked_fill(~valid, float("nan")).view(-1, group_size)
+    spread = torch.nan_to_num(
+        t.nan_to_num(-float("inf")).amax(1) - t.nan_to_num(float("inf")).amin(1)
+    )
+    spread = torch.where(valid.view(-1, group_size).any(1), spread, torch.ones_like(spread))
+    flat = (spread == 0).repeat_interleave(group_size)
+    return float(flat[valid].float().mean())
+
+
 class Trainer:
     """Owns the policy, optimizer, EMA, rewards and run directory of one run."""
 
@@ -107,6 +119,7 @@ class Trainer:
     def rollout(self, it: int) -> Experience:
         s = self.cfg.sampling
         idx = prompt_indices(len(self.prompts), s.prompts_per_iter, it, self.cfg.train.seed)
+        self._prompt_idx = idx  # the global batch's prompts (every process knows all of them)
         ids = list(self._share())
         prompts = [self.prompts[idx[j // s.group_size]] for j in ids]
         meta = [self.metadata[idx[j // s.group_size]] for j in ids]
@@ -145,7 +158,8 @@ class Trainer:
         )
         exp.advantages = adv[exp.sample_ids]
         self._valid = valid
-        total = scores[valid] @ rb.weights
+        total_all = scores @ rb.weights
+        total = total_all[valid]
         out = {
             "reward/mean": float(total.mean()),
             "reward/std": float(total.std(unbiased=False)),
@@ -153,6 +167,15 @@ class Trainer:
             "adv/abs_mean": float(adv[valid].abs().mean()),
         }
         out.update({f"reward/{n}": float(scores[valid, j].mean()) for j, n in enumerate(rb.names)})
+        out["adv/zero_frac"] = flat_group_fraction(total_all, valid, self.cfg.sampling.group_size)
+        cats = [
+            self.metadata[self._prompt_idx[j // self.cfg.sampling.group_size]].get("category")
+            for j in range(self.num_samples)
+        ]
+        for cat in sorted({c for c in cats if isinstance(c, str)}):
+            sel = torch.tensor([c == cat for c in cats]) & valid
+            if bool(sel.any()):
+                out[f"reward_category/{cat}"] = float(total_all[sel].mean())
         return out
 
     def update(self, exp: Experience, it: int) -> dict[str, float]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from flowdppo.config import load_config
-from flowdppo.trainer.trainer import Trainer
+from flowdppo.trainer.trainer import Trainer, flat_group_fraction
 
 from .tiny import read_lines, tiny_config, without_time
 
@@ -216,3 +216,35 @@ def test_max_minutes_stops_after_the_crossing_iteration_with_eval_and_checkpoint
     lines = read_lines(tmp_path / "run", kind=None)
     assert [(r["kind"], r["iter"]) for r in lines] == [("eval", 0), ("train", 1), ("eval", 1)]
     assert (tmp_path / "run" / "checkpoints" / "iter_000001").is_dir()
+
+
+def test_flat_group_fraction_by_hand() -> None:
+    """Groups of 3: all equal (flat); one differs; all equal among the valid ones (the dropped
+    sample ignored); all dropped. Valid samples 3 + 3 + 2 = 8, flat 3 + 2 = 5."""
+    total = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.5, 0.7, 0.2, 0.9, 0.2, 1.0, 2.0, 3.0])
+    valid = torch.tensor([True] * 7 + [False, True] + [False] * 3)
+    assert flat_group_fraction(total, valid, 3) == pytest.approx(5 / 8)
+    assert flat_group_fraction(torch.arange(6.0), torch.ones(6, dtype=torch.bool), 2) == 0.0
+
+
+def test_per_category_reward_by_hand(tiny_ckpt, tmp_path) -> None:
+    """``reward_category/<c>`` = the mean reward of that category's samples (a recomputation)."""
+    cfg = tiny_config(
+        tiny_ckpt,
+        "sampling.prompts_per_iter=4",
+        "sampling.batch_size=8",
+        "rewards=[{name: test_red}]",
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    exp = trainer.rollout(0)
+    m = trainer.advantages(exp)
+    r = exp.rewards.matrix()[:, 0]
+    cats = [md["category"] for md in exp.metadata]
+    assert len(set(cats)) >= 2 and len(set(r.tolist())) > 2  # the check below can tell them apart
+    for c in set(cats):
+        mine = [float(x) for x, k in zip(r, cats, strict=True) if k == c]
+        assert m[f"reward_category/{c}"] == pytest.approx(sum(mine) / len(mine), abs=1e-6)
+    assert sorted(k for k in m if k.startswith("reward_category/")) == sorted(
+        f"reward_category/{c}" for c in set(cats)
+    )
+    assert m["adv/zero_frac"] == 0.0  # a continuous reward: no group is flat
