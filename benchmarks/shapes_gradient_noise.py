@@ -77,7 +77,15 @@ def attribution(policy, eta: float, steps: list[int], n0: int = 12, m: int = 12)
 
 
 def noise_scale(
-    policy, reward: str, eta: float, steps: list[int], n: int, cats: tuple[str, ...], p=8, g=8
+    policy,
+    reward: str,
+    eta: float,
+    steps: list[int],
+    n: int,
+    cats: tuple[str, ...],
+    group_noise: str = "independent",
+    p: int = 8,
+    g: int = 8,
 ):
     specs = [s for s in load_split("train") if s.category in cats]  # every training prompt
     params = list(policy.trainable_parameters())
@@ -86,9 +94,19 @@ def noise_scale(
     for b in range(n):
         picked = [specs[i] for i in rng.choice(len(specs), p, replace=False) for _ in range(g)]
         gen = torch.Generator().manual_seed(b)
-        init = torch.randn(p * g, *policy.latent_shape, generator=gen)
+        shape = policy.latent_shape
+        if group_noise == "independent":
+            init = torch.randn(p * g, *shape, generator=gen)
+            noise = torch.randn(p * g, len(steps), *shape, generator=gen)
+        else:  # one initial noise per prompt; trained-step noise independent or in ± pairs
+            init = torch.randn(p, *shape, generator=gen).repeat_interleave(g, 0)
+            if group_noise == "shared":
+                noise = torch.randn(p * g, len(steps), *shape, generator=gen)
+            else:
+                z = torch.randn(p * g // 2, len(steps), *shape, generator=gen)
+                noise = torch.stack([z, -z], 1).flatten(0, 1)
         with torch.no_grad():
-            out, velocity = _rollout(policy, [s.text for s in picked], init, steps, eta, None, gen)
+            out, velocity = _rollout(policy, [s.text for s in picked], init, steps, eta, noise)
         sc = score_images(to_uint8(policy.decode(out.latents)), picked)
         scores = {"tifa": sc.tifa, "strict": sc.geneval, "object_size": sc.object_size}
         r = torch.from_numpy(scores[reward])
@@ -114,7 +132,7 @@ def noise_scale(
     scale = p * g * trace / signal if signal > 0 else float("inf")
     print(
         f"reward {reward:11s} {'+'.join(cats) if len(cats) < 6 else 'all categories'} eta {eta} "
-        f"trained steps {steps}: |s|^2/trΣ per {p * g}-sample "
+        f"trained steps {steps} {group_noise} noise: |s|^2/trΣ per {p * g}-sample "
         f"estimate {float(signal / trace):+.3f}, gradient noise scale B ≈ {float(scale):,.0f} samples"
     )
 
@@ -128,6 +146,12 @@ def main() -> None:
     ap.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES)
     ap.add_argument("--eta", type=float, nargs="+", default=[0.7])
     ap.add_argument("--steps", default="0,1,2", help="trained steps, comma-separated")
+    ap.add_argument(
+        "--group-noise",
+        default="independent",
+        choices=["independent", "shared", "antithetic"],
+        help="noise within a group: all independent; one initial noise per prompt; and ± pairs",
+    )
     ap.add_argument("--n", type=int, default=16, help="gradient estimates (noise-scale)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -139,7 +163,9 @@ def main() -> None:
             attribution(policy, eta, steps)
         else:
             for reward in args.reward:
-                noise_scale(policy, reward, eta, steps, args.n, tuple(args.categories))
+                noise_scale(
+                    policy, reward, eta, steps, args.n, tuple(args.categories), args.group_noise
+                )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ class SamplingConfig:
     prompts_per_iter: int = _f(8, "P distinct prompts per iteration (global, all processes)")
     group_size: int = _f(8, "G samples per prompt (the GRPO group)")
     shared_initial_noise: bool = _f(
-        False, "the G samples of a prompt start from the same initial noise (DanceGRPO)"
+        False,
+        "the G samples of a prompt start from one initial noise (DanceGRPO; 7x noisier gradients on Shapes, docs/tuning.md)",
     )
     batch_size: int = _f(64, "samples per forward pass when sampling (per process)")
 
