@@ -37,13 +37,10 @@ from flowdppo.trainer.update import update_policy
 def flat_group_fraction(total: torch.Tensor, valid: torch.Tensor, group_size: int) -> float:
     """Fraction of the valid samples [N] whose group's valid rewards are all equal: their
     advantages are 0, they carry no signal. Dropped samples are ignored within their group."""
-    t = total.masked_fill(~valid, float("nan")).view(-1, group_size)
-    spread = torch.nan_to_num(
-        t.nan_to_num(-float("inf")).amax(1) - t.nan_to_num(float("inf")).amin(1)
-    )
-    spread = torch.where(valid.view(-1, group_size).any(1), spread, torch.ones_like(spread))
-    flat = (spread == 0).repeat_interleave(group_size)
-    return float(flat[valid].float().mean())
+    t, v = total.view(-1, group_size), valid.view(-1, group_size)
+    hi = t.masked_fill(~v, -float("inf")).amax(1)
+    lo = t.masked_fill(~v, float("inf")).amin(1)  # a group with none valid: -inf != inf
+    return float((hi == lo).repeat_interleave(group_size)[valid].float().mean())
 
 
 class Trainer:
