@@ -12,6 +12,7 @@ and the ``kl/ref_mean`` metric). No replay forward pass is made before the updat
 
 from __future__ import annotations
 
+import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class Experience:
     step_index: torch.Tensor  # [K]
     images: torch.Tensor  # [B, 3, H, W] in [0, 1]
     rewards: RewardBatch | None = None
+    batch_metadata: list[dict[str, Any]] = field(default_factory=list)  # [P] all processes' prompts
     advantages: torch.Tensor | None = None  # [B]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -65,9 +67,9 @@ def sample_noise(
     z = torch.randn(1 + k, *shape, generator=g)
     if group_id is None:
         return z[0], z[1:]
-    gg = torch.Generator().manual_seed(
-        ((seed * 1_000_003 + iteration) * 1_000_003 + group_id) * 7 + 1
-    )
+    # A stream of its own: a hash, so no (iteration, group) seed equals an (iteration', sample) one.
+    key = hashlib.sha256(f"group-noise/{seed}/{iteration}/{group_id}".encode()).digest()
+    gg = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
     return torch.randn(*shape, generator=gg), z[1:]
 
 

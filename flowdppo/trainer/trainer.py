@@ -35,8 +35,9 @@ from flowdppo.trainer.update import update_policy
 
 
 def flat_group_fraction(total: torch.Tensor, valid: torch.Tensor, group_size: int) -> float:
-    """Fraction of the valid samples [N] whose group's valid rewards are all equal: their
-    advantages are 0, they carry no signal. Dropped samples are ignored within their group."""
+    """Fraction of the valid samples [N] whose group's valid (weighted-sum) rewards are all equal:
+    with ``advantage.aggregate: sum`` their advantages are 0, they carry no signal. Dropped
+    samples are ignored within their group."""
     t, v = total.view(-1, group_size), valid.view(-1, group_size)
     hi = t.masked_fill(~v, -float("inf")).amax(1)
     lo = t.masked_fill(~v, float("inf")).amin(1)  # a group with none valid: -inf != inf
@@ -116,7 +117,6 @@ class Trainer:
     def rollout(self, it: int) -> Experience:
         s = self.cfg.sampling
         idx = prompt_indices(len(self.prompts), s.prompts_per_iter, it, self.cfg.train.seed)
-        self._prompt_idx = idx  # the global batch's prompts (every process knows all of them)
         ids = list(self._share())
         prompts = [self.prompts[idx[j // s.group_size]] for j in ids]
         meta = [self.metadata[idx[j // s.group_size]] for j in ids]
@@ -128,9 +128,9 @@ class Trainer:
             mode=s.train_mode,
             generator=g,
         )
-        return collect(
-            self.policy, self.cfg, prompts, meta, ids, it, steps, self.rewards, self.pool
-        )
+        exp = collect(self.policy, self.cfg, prompts, meta, ids, it, steps, self.rewards, self.pool)
+        exp.batch_metadata = [self.metadata[i] for i in idx]
+        return exp
 
     def advantages(self, exp: Experience) -> dict[str, float]:
         """GRPO advantages over the gathered global batch; invalid (dropped) samples get A = 0."""
@@ -164,11 +164,9 @@ class Trainer:
             "adv/abs_mean": float(adv[valid].abs().mean()),
         }
         out.update({f"reward/{n}": float(scores[valid, j].mean()) for j, n in enumerate(rb.names)})
-        out["adv/zero_frac"] = flat_group_fraction(total_all, valid, self.cfg.sampling.group_size)
-        cats = [
-            self.metadata[self._prompt_idx[j // self.cfg.sampling.group_size]].get("category")
-            for j in range(self.num_samples)
-        ]
+        g = self.cfg.sampling.group_size
+        out["adv/zero_frac"] = flat_group_fraction(total_all, valid, g)
+        cats = [exp.batch_metadata[j // g].get("category") for j in range(self.num_samples)]
         for cat in sorted({c for c in cats if isinstance(c, str)}):
             sel = torch.tensor([c == cat for c in cats]) & valid
             if bool(sel.any()):

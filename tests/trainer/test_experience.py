@@ -75,7 +75,9 @@ def test_shared_initial_noise_is_per_group_and_step_noise_per_sample() -> None:
     c0, _ = sample_noise(7, 3, 6, (3, 4, 4), 2, group_id=3)
     assert torch.equal(a0, b0) and not torch.equal(a0, c0)
     assert not torch.equal(ak, bk)
-    assert torch.equal(ak, sample_noise(7, 3, 4, (3, 4, 4), 2)[1])  # step noise: the sample's own
+    own0, ownk = sample_noise(7, 3, 4, (3, 4, 4), 2)
+    assert torch.equal(ak, ownk)  # step noise: the sample's own
+    assert not torch.equal(a0, own0)  # the group's initial noise is a stream of its own
 
 
 def test_shared_initial_noise_in_a_rollout(tiny_ckpt) -> None:
