@@ -181,7 +181,16 @@ def _demo(a: argparse.Namespace) -> int:
 def _shapes_pretrain(a: argparse.Namespace) -> int:
     from flowdppo.shapes.pretrain import PretrainConfig, pretrain
 
-    print(pretrain(a.out, PretrainConfig(steps=a.steps, seed=a.seed, threads=a.threads)))
+    kw = {"lr": a.lr} if a.lr is not None else {}
+    cfg = PretrainConfig(
+        steps=a.steps,
+        seed=a.seed,
+        threads=a.threads,
+        init=a.init,
+        sigma_logit_mean=a.sigma_logit_mean,
+        **kw,
+    )
+    print(pretrain(a.out, cfg))
     return 0
 
 
@@ -283,6 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, default=PretrainConfig.steps)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--lr", type=float, default=None, help=f"peak lr (default {PretrainConfig.lr})")
+    sp.add_argument(
+        "--init", default=None, help="continue from a Shapes .safetensors (e.g. the shipped base)"
+    )
+    sp.add_argument(
+        "--sigma-logit-mean",
+        type=float,
+        default=PretrainConfig.sigma_logit_mean,
+        help="location of the logit-normal σ distribution (> 0: more high-noise training)",
+    )
     sp.set_defaults(func=_shapes_pretrain)
     se = sh.add_parser(
         "eval", help="GenEval-style table of a Shapes checkpoint (default: the shipped base)"

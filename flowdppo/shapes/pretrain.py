@@ -1,7 +1,7 @@
 """Pretrain the Shapes base model with rectified-flow matching (resumable, seeded).
 
 Loss: ``E ||v_θ(x_σ, σ, prompt) - (ε - x0)||²`` with ``x_σ = (1-σ)·x0 + σ·ε``, σ ~ logit-normal(0, 1)
-(SD3's choice), x0 a fresh render of a random training prompt, the prompt dropped to the null
+(SD3's choice; ``sigma_logit_mean`` shifts it toward high noise), x0 a fresh render of a random training prompt, the prompt dropped to the null
 prompt with probability ``p_uncond`` (for classifier-free guidance). Batch ``b`` of step ``k`` is
 a pure function of ``(seed, k)``, so a resumed run sees exactly the data an uninterrupted run
 would.
@@ -37,9 +37,17 @@ class PretrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.995
     p_uncond: float = 0.1
+    # σ ~ sigmoid(N(sigma_logit_mean, 1)) (SD3's logit-normal; 0 = centred at σ = 0.5). A positive
+    # mean spends more of the batch at high noise, where the layout (which object goes where,
+    # which colour on which shape) is decided.
+    sigma_logit_mean: float = 0.0
     seed: int = 0
     threads: int = 1
     checkpoint_every_s: float = 120.0
+    # Start from these weights (a Shapes .safetensors, e.g. the shipped base) instead of a random
+    # initialisation: continued pretraining. Model and EMA both start from them; the optimizer
+    # starts fresh (a shipped checkpoint holds no optimizer state).
+    init: str | None = None
     # Recommended sampling of the result, written into the checkpoint's metadata (chosen by
     # evaluating shift × CFG on the test prompts; see docs/shapes.md, "The base model").
     sample_shift: float = 1.0
@@ -66,8 +74,26 @@ def make_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec
     prompts = ["" if d else s.text for s, d in zip(specs, drop, strict=True)]
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     eps = torch.randn(x0.shape, generator=gen)
-    sigma = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen))
+    sigma = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen) + cfg.sigma_logit_mean)
     return x0, prompts, eps, sigma
+
+
+def _load_init(path: str, model_cfg: ShapesModelConfig) -> dict[str, torch.Tensor]:
+    """Float32 weights of a Shapes checkpoint whose architecture must equal ``model_cfg``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(path, "pt") as f:
+        meta = dict(f.metadata() or {})
+    if "model" not in meta:
+        raise ValueError(
+            f"init {path}: not a Shapes checkpoint (no 'model' config in its metadata)"
+        )
+    if json.loads(meta["model"]) != model_cfg.to_dict():
+        raise ValueError(
+            f"init {path}: architecture {meta['model']} differs from the run's {model_cfg.to_dict()}"
+        )
+    return {k: v.float() for k, v in load_file(path).items()}
 
 
 def _save_state(path: Path, step: int, model, ema, opt) -> None:
@@ -107,6 +133,10 @@ def pretrain(
             opt.load_state_dict(st["opt"]),
         )
         step = st["step"]
+    elif cfg.init is not None:
+        init = _load_init(cfg.init, model_cfg)
+        model.load_state_dict(init)
+        ema.load_state_dict(init)
     by_cat: dict[str, list[PromptSpec]] = {c: [] for c in CATEGORIES}
     for s in load_split("train"):
         by_cat[s.category].append(s)

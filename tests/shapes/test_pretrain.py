@@ -68,3 +68,30 @@ def test_interrupted_pretraining_resumes_exactly(tmp_path, monkeypatch):
         return [json.loads(line)["loss"] for line in log]
 
     assert losses("straight") == losses("resumed")
+
+
+def test_sigma_logit_mean_shifts_the_noise_levels_only():
+    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    base = pt.make_batch(5, pt.PretrainConfig(batch_size=512), by_cat)
+    high = pt.make_batch(5, pt.PretrainConfig(batch_size=512, sigma_logit_mean=0.7), by_cat)
+    assert torch.equal(base[0], high[0]) and base[1] == high[1]  # same images and prompts
+    # sigmoid(z + m) from the same draws z: σ = sigmoid(logit(σ_base) + m) exactly.
+    expected = torch.sigmoid(torch.logit(base[3].double()) + 0.7).float()
+    torch.testing.assert_close(high[3], expected, rtol=1e-5, atol=1e-6)
+    assert float((high[3] > 0.85).float().mean()) > 3 * float((base[3] > 0.85).float().mean())
+
+
+def test_continued_pretraining_starts_from_init_weights(tmp_path):
+    first = pt.PretrainConfig(steps=2, batch_size=4, warmup_steps=1)
+    pt.pretrain(tmp_path / "first", first, TINY)
+    init = str(tmp_path / "first" / "model_ema.safetensors")
+    zero_steps = pt.PretrainConfig(steps=0, batch_size=4, init=init)
+    pt.pretrain(tmp_path / "cont", zero_steps, TINY)
+    a, b = load_file(init), load_file(str(tmp_path / "cont" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    meta = json.loads((tmp_path / "cont" / "config.json").read_text())
+    assert meta["recipe"]["init"] == init  # the recipe records where it started
+
+    other = ShapesModelConfig(**{**TINY.to_dict(), "width": 16})
+    with pytest.raises(ValueError, match="architecture"):
+        pt.pretrain(tmp_path / "bad", zero_steps, other)
