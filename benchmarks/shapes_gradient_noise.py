@@ -7,6 +7,11 @@ Two measurements on the shipped Shapes base model, CFG 3, T = 10, Flow-SDE (docs
 trained-step noise each; the share of the strict-reward variance that the trained-step noise
 decides (the rest is decided by the initial noise, which no policy update can credit).
 
+``per-step``: for 16 training prompts per category, one initial noise each, the ODE sample
+against samples with Flow-SDE noise at one step k only (8 draws per k): the share of outcomes
+(strict) that the noise of step k flips. It tells at which steps the outcome is still open, so
+which steps a trained pool must contain.
+
 ``noise-scale``: n independent policy-gradient estimates (P = 8 prompts × G = 8 samples each,
 group advantages, the on-policy Flow-DPPO gradient = REINFORCE) of the LoRA parameters at the
 base model. With g_i = s + noise_i: |s|² = (n |mean g|² − mean |g_i|²) / (n − 1) and the noise
@@ -15,6 +20,7 @@ variance tr Σ = mean |g_i|² − |s|², so the gradient noise scale B = samples
 al., 2018). An optimizer step on far fewer samples than B is mostly noise.
 
     .venv/bin/python benchmarks/shapes_gradient_noise.py attribution
+    .venv/bin/python benchmarks/shapes_gradient_noise.py per-step --categories two_object color_attr position counting
     .venv/bin/python benchmarks/shapes_gradient_noise.py noise-scale --n 24 --reward tifa object_size
     .venv/bin/python benchmarks/shapes_gradient_noise.py noise-scale --n 24 --categories counting
 """
@@ -73,6 +79,27 @@ def attribution(policy, eta: float, steps: list[int], n0: int = 12, m: int = 12)
         print(
             f"eta {eta} trained steps {steps} {cat:11s}: trained-step noise decides "
             f"{np.mean(shares):.0%} of the strict-reward variance ({len(shares)} prompts)"
+        )
+
+
+def _strict(policy, specs, init, steps: list[int], eta: float, g=None) -> np.ndarray:
+    with torch.no_grad():
+        out, _ = _rollout(policy, [s.text for s in specs], init, steps, eta, generator=g)
+    return score_images(to_uint8(policy.decode(out.latents)), specs).geneval
+
+
+def per_step(policy, eta: float, cats: tuple[str, ...], n: int = 16, m: int = 8) -> None:
+    for cat in cats:
+        specs = eval_specs(n, split="train", categories=(cat,))
+        init = torch.randn(n, *policy.latent_shape, generator=torch.Generator().manual_seed(0))
+        ode = _strict(policy, specs, init, [], eta)
+        flips = []
+        for k in range(T):
+            g = torch.Generator().manual_seed(k + 1)
+            draws = np.stack([_strict(policy, specs, init, [k], eta, g) for _ in range(m)])
+            flips.append(f"{k}: {(draws != ode[None]).mean():.2f}")  # draws [m, n]
+        print(
+            f"eta {eta} {cat:13s} ODE strict {ode.mean():.2f}; flipped by step " + ", ".join(flips)
         )
 
 
@@ -139,7 +166,7 @@ def noise_scale(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["attribution", "noise-scale"])
+    ap.add_argument("what", choices=["attribution", "per-step", "noise-scale"])
     ap.add_argument(
         "--reward", nargs="+", default=["tifa"], choices=["tifa", "strict", "object_size"]
     )
@@ -161,6 +188,8 @@ def main() -> None:
     for eta in args.eta:
         if args.what == "attribution":
             attribution(policy, eta, steps)
+        elif args.what == "per-step":
+            per_step(policy, eta, tuple(args.categories))
         else:
             for reward in args.reward:
                 noise_scale(
