@@ -216,9 +216,28 @@ class OptimConfig:
         32, "(sample, step) pairs per forward/backward (gradient accumulation)"
     )
     ema_decay: float = _f(0.0, "EMA of trainable weights (0 = off); evaluation uses the EMA")
+    lr_schedule: str = _f(
+        "constant",
+        "constant | cosine: lr decays to lr·lr_final_frac over train.max_iters (the run's horizon, "
+        "not --max-iters, so a stopped and resumed run follows the same schedule)",
+        choices=("constant", "cosine"),
+    )
+    lr_final_frac: float = _f(0.1, "cosine schedule: final lr as a fraction of lr")
 
     def validate(self) -> None:
         _check(self.lr > 0, "optim.lr", self.lr, "a number > 0")
+        _check(
+            self.lr_schedule in ("constant", "cosine"),
+            "optim.lr_schedule",
+            self.lr_schedule,
+            "constant | cosine",
+        )
+        _check(
+            0 <= self.lr_final_frac <= 1,
+            "optim.lr_final_frac",
+            self.lr_final_frac,
+            "a number in [0, 1]",
+        )
         _check(self.grad_clip > 0, "optim.grad_clip", self.grad_clip, "a number > 0")
         _check(
             self.updates_per_iter >= 1,

@@ -10,6 +10,7 @@ mini-batch, however it is split (the batch × accumulation invariance of STYLE.m
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,17 @@ class MetricAccumulator:
 
     def keys(self) -> list[str]:
         return sorted(set(self.sums) | set(self.extremes))
+
+
+def learning_rate(cfg: RunConfig, iteration: int) -> float:
+    """The lr of (0-based) ``iteration``: constant, or cosine from ``lr`` at 0 to
+    ``lr · lr_final_frac`` at ``train.max_iters`` (held there beyond it). A pure function of the
+    iteration, so a resumed run needs no scheduler state."""
+    o = cfg.optim
+    if o.lr_schedule == "constant":
+        return o.lr
+    t = min(iteration / max(1, cfg.train.max_iters), 1.0)
+    return o.lr * (o.lr_final_frac + (1 - o.lr_final_frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def _is_max(k: str) -> bool:
@@ -158,6 +170,8 @@ def update_policy(
 ) -> dict[str, float]:
     """Run the N updates; returns metrics averaged over all terms of all processes."""
     params = list(policy.trainable_parameters())
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(cfg, iteration)
     k = exp.std.shape[1]
     lo = int(exp.sample_ids[0])
     acc, first = MetricAccumulator(), MetricAccumulator()
@@ -195,6 +209,7 @@ def update_policy(
         optimizer.zero_grad(set_to_none=True)
     keys = all_keys(acc.keys())
     metrics = acc.result(reduce, keys)
+    metrics["train/lr"] = learning_rate(cfg, iteration)
     pre = first.result(reduce, keys)  # the first update runs before any optimizer step: on-policy
     metrics["check/onpolicy_kl_max"] = pre.get("kl/old_new_max", 0.0)
     metrics["check/onpolicy_ratio_err_max"] = max(

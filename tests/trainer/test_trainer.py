@@ -16,6 +16,7 @@ import torch
 
 from flowdppo.config import load_config
 from flowdppo.trainer.trainer import Trainer, flat_group_fraction
+from flowdppo.trainer.update import learning_rate
 
 from .tiny import read_lines, tiny_config, without_time
 
@@ -134,8 +135,16 @@ def _trainable(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 def test_resume_is_exact_with_ema(tiny_ckpt, tmp_path) -> None:
     """4 iterations in one go == 2 iterations, then a new Trainer resuming to 4: every metric
-    line (bar wall-clock times) and the final trainable and EMA weights, bitwise."""
-    cfg = tiny_config(tiny_ckpt, "optim.ema_decay=0.9", "eval.every=2", "train.save_every=2")
+    line (bar wall-clock times) and the final trainable and EMA weights, bitwise; with a cosine
+    learning rate, which needs no scheduler state to resume."""
+    cfg = tiny_config(
+        tiny_ckpt,
+        "optim.ema_decay=0.9",
+        "eval.every=2",
+        "train.save_every=2",
+        "optim.lr_schedule=cosine",
+        "train.max_iters=4",
+    )
     a, b = tmp_path / "a", tmp_path / "b"
     ta = Trainer(cfg, a)
     ta.train(4, progress=False)
@@ -147,6 +156,8 @@ def test_resume_is_exact_with_ema(tiny_ckpt, tmp_path) -> None:
     lines_a, lines_b = read_lines(a, None), read_lines(b, None)
     assert len(lines_a) == 4 + 3  # 4 train lines, eval at 0, 2, 4
     assert without_time(lines_a) == without_time(lines_b)
+    lrs = [line["train/lr"] for line in lines_b if "train/lr" in line]
+    assert lrs == [learning_rate(cfg, i) for i in range(4)] and lrs[0] > lrs[1] > lrs[2] > lrs[3]
     wa, wb = _trainable(ta), _trainable(tb)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert all(torch.equal(ta.ema.shadow[k], tb.ema.shadow[k]) for k in wa)

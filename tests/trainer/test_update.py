@@ -7,8 +7,9 @@ import math
 
 import torch
 
+from flowdppo.config import RunConfig
 from flowdppo.trainer.trainer import Trainer
-from flowdppo.trainer.update import MetricAccumulator, minibatches
+from flowdppo.trainer.update import MetricAccumulator, learning_rate, minibatches
 
 from .tiny import tiny_config
 
@@ -104,3 +105,15 @@ def test_micro_batch_size_does_not_change_the_update(tiny_ckpt, tmp_path) -> Non
     assert moved > 1e-4  # LoRA B starts at 0: the two iterations moved it by ≈ 2·lr = 2e-3
     for k in w1:  # 1e-7 ≈ 1e-4 of the update (Adam divides by √v: tiny gradients, larger error)
         torch.testing.assert_close(w1[k], w6[k], rtol=1e-6, atol=1e-7)
+
+
+def test_learning_rate_constant_and_cosine_against_closed_form() -> None:
+    cfg = RunConfig()
+    cfg.optim.lr, cfg.train.max_iters = 1e-3, 100
+    assert [learning_rate(cfg, i) for i in (0, 50, 99, 500)] == [1e-3] * 4
+    cfg.optim.lr_schedule, cfg.optim.lr_final_frac = "cosine", 0.1
+    assert learning_rate(cfg, 0) == 1e-3
+    assert math.isclose(learning_rate(cfg, 50), 1e-3 * (0.1 + 0.9 * 0.5))  # cos(π/2) = 0
+    assert math.isclose(learning_rate(cfg, 25), 1e-3 * (0.1 + 0.9 * (1 + math.sqrt(0.5)) / 2))
+    assert math.isclose(learning_rate(cfg, 100), 1e-4)
+    assert learning_rate(cfg, 400) == learning_rate(cfg, 100)  # held beyond the horizon
