@@ -8,6 +8,9 @@ chance. This measures, on the test prompts (ODE, 40 steps, the checkpoint's CFG)
 - color_attr ("a red square and a green circle"): among images with exactly two objects whose
   colours and shapes are the prompt's, the share with the right colour on the right shape.
   Chance: 50% (the other pairing is the only alternative).
+- two_object ("a red circle and a red square"): among clean images with exactly two objects of
+  the prompt's colour, each one of the prompt's two shapes, the share with two different shapes.
+  Chance: 50% (each object picking one of the two shapes on its own).
 
 An accuracy of 50% on the conditional rates means the skill is absent, whatever the overall
 score; docs/tuning.md, "Session 4".
@@ -63,7 +66,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     policy = load_policy(a.checkpoint)
-    specs = eval_specs(a.n, categories=("position", "color_attr"))
+    specs = eval_specs(a.n, categories=("position", "color_attr", "two_object"))
     images = generate(
         policy,
         [s.text for s in specs],
@@ -74,6 +77,7 @@ def main() -> None:
     parsed = parse_images(np.asarray(to_uint8(images)))
     pos = [0, 0, 0, 0]  # prompts, exactly both objects, separated on the axis, right order
     col = [0, 0, 0]  # prompts, right colours and shapes (2 objects), right binding
+    two = [0, 0, 0]  # prompts, 2 objects of the colour with the prompt's shapes, different shapes
     for spec, p in zip(specs, parsed, strict=True):
         g0, g1 = spec.groups
         want = sorted([(g0.color, g0.shape), (g1.color, g1.shape)])
@@ -90,6 +94,17 @@ def main() -> None:
             if gap > REL_MARGIN:
                 pos[2] += 1
                 pos[3] += relation_holds(spec.relation, a_, b_)
+        elif spec.category == "two_object":
+            two[0] += 1
+            shapes = [o.shape for o in p.objects]
+            if (
+                p.clean
+                and len(p.objects) == 2
+                and all(o.color == g0.color for o in p.objects)
+                and set(shapes) <= {g0.shape, g1.shape}
+            ):
+                two[1] += 1
+                two[2] += shapes[0] != shapes[1]
         else:
             col[0] += 1
             colors = sorted(o.color for o in p.objects)
@@ -106,6 +121,8 @@ def main() -> None:
     print(f"  right order | separated on the relation's axis: {rate(pos[3], pos[2])} (chance 50%)")
     print(f"color_attr: right colours and shapes {rate(col[1], col[0])}")
     print(f"  right binding | right colours and shapes: {rate(col[2], col[1])} (chance 50%)")
+    print(f"two_object: two objects of the colour, prompt's shapes {rate(two[1], two[0])}")
+    print(f"  two different shapes | that: {rate(two[2], two[1])} (chance 50%)")
 
 
 if __name__ == "__main__":
