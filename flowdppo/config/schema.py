@@ -217,7 +217,7 @@ class OptimConfig:
     )
     ema_decay: float = _f(0.0, "EMA of trainable weights (0 = off); evaluation uses the EMA")
     lr_schedule: str = _f(
-        "constant",
+        "cosine",
         "constant | cosine: lr decays to lr·lr_final_frac over train.max_iters (the run's horizon, "
         "not --max-iters, so a stopped and resumed run follows the same schedule)",
         choices=("constant", "cosine"),

@@ -110,6 +110,7 @@ def test_micro_batch_size_does_not_change_the_update(tiny_ckpt, tmp_path) -> Non
 def test_learning_rate_constant_and_cosine_against_closed_form() -> None:
     cfg = RunConfig()
     cfg.optim.lr, cfg.train.max_iters = 1e-3, 100
+    cfg.optim.lr_schedule = "constant"
     assert [learning_rate(cfg, i) for i in (0, 50, 99, 500)] == [1e-3] * 4
     cfg.optim.lr_schedule, cfg.optim.lr_final_frac = "cosine", 0.1
     assert learning_rate(cfg, 0) == 1e-3
