@@ -21,7 +21,7 @@ import torch
 from flowdppo.core import shifted_sigmas
 from flowdppo.models.base import Cond, load_trainable_state_dict, trainable_state_dict
 from flowdppo.models.lora import add_lora, disabled_lora, lora_parameters
-from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig, tokenize
+from flowdppo.shapes.model import ShapesFlowModel, load_checkpoint, tokenize
 
 DEFAULT_TARGETS = ["qkv", "proj", "fc1", "fc2"]
 
@@ -35,23 +35,9 @@ def default_checkpoint() -> Path:
 
 
 def load_base_model(path: str | Path | None = None) -> tuple[ShapesFlowModel, dict]:
-    """Load a Shapes checkpoint (float16/32 safetensors) into a float32 model; returns (model, meta)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path) if path is not None else default_checkpoint()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"Shapes checkpoint {path} does not exist (train one with `flowdppo shapes pretrain`)"
-        )
-    with safe_open(str(path), "pt") as f:
-        meta = dict(f.metadata() or {})
-    if "model" not in meta:
-        raise ValueError(f"{path}: not a Shapes checkpoint (no 'model' config in its metadata)")
-    model = ShapesFlowModel(ShapesModelConfig(**json.loads(meta["model"])))
-    sd = {k: v.float() for k, v in load_file(str(path)).items()}
-    model.load_state_dict(sd)
-    return model.eval(), meta
+    """Load a Shapes checkpoint (default: the shipped base) into a float32 model; returns
+    (model, meta). See ``flowdppo.shapes.model.load_checkpoint``."""
+    return load_checkpoint(default_checkpoint() if path is None else path)
 
 
 class ShapesPolicy:

@@ -12,8 +12,10 @@ Pixels are in [-1, 1] inside the model.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -181,3 +183,23 @@ class ShapesFlowModel(nn.Module):
         hs, hg = self.head_ada(F.silu(c))[:, :, None, None].chunk(2, dim=1)
         y = F.silu(self.head_norm(y) * (1 + hg) + hs)
         return self.head_out(y)
+
+
+def load_checkpoint(path: str | Path) -> tuple[ShapesFlowModel, dict[str, str]]:
+    """A Shapes checkpoint (float16/32 safetensors with the architecture in its metadata, as
+    ``flowdppo.shapes.pretrain`` writes it) as a float32 model in eval mode, and its metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Shapes checkpoint {path} does not exist (train one with `flowdppo shapes pretrain`)"
+        )
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata() or {})
+    if "model" not in meta:
+        raise ValueError(f"{path}: not a Shapes checkpoint (no 'model' config in its metadata)")
+    model = ShapesFlowModel(ShapesModelConfig(**json.loads(meta["model"])))
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return model.eval(), meta

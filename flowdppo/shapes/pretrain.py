@@ -1,8 +1,8 @@
 """Pretrain the Shapes base model with rectified-flow matching (resumable, seeded).
 
 Loss: ``E ||v_θ(x_σ, σ, prompt) - (ε - x0)||²`` with ``x_σ = (1-σ)·x0 + σ·ε``, σ ~ logit-normal(0, 1)
-(SD3's choice; ``sigma_logit_mean`` shifts it toward high noise), x0 a fresh render of a random training prompt, the prompt dropped to the null
-prompt with probability ``p_uncond`` (for classifier-free guidance). Batch ``b`` of step ``k`` is
+(SD3's choice; ``sigma_logit_mean`` shifts it toward high noise), x0 a fresh render of a random
+training prompt, the prompt dropped to the null prompt with probability ``p_uncond`` (for classifier-free guidance). Batch ``b`` of step ``k`` is
 a pure function of ``(seed, k)``, so a resumed run sees exactly the data an uninterrupted run
 would.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig, tokenize
+from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig, load_checkpoint, tokenize
 from flowdppo.shapes.prompts import CATEGORIES, PromptSpec, load_split, sample_scenes
 from flowdppo.shapes.render import render
 
@@ -80,20 +80,12 @@ def make_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec
 
 def _load_init(path: str, model_cfg: ShapesModelConfig) -> dict[str, torch.Tensor]:
     """Float32 weights of a Shapes checkpoint whose architecture must equal ``model_cfg``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(path, "pt") as f:
-        meta = dict(f.metadata() or {})
-    if "model" not in meta:
+    model, _ = load_checkpoint(path)
+    if model.cfg != model_cfg:
         raise ValueError(
-            f"init {path}: not a Shapes checkpoint (no 'model' config in its metadata)"
+            f"init {path}: architecture {model.cfg.to_dict()} differs from the run's {model_cfg.to_dict()}"
         )
-    if json.loads(meta["model"]) != model_cfg.to_dict():
-        raise ValueError(
-            f"init {path}: architecture {meta['model']} differs from the run's {model_cfg.to_dict()}"
-        )
-    return {k: v.float() for k, v in load_file(path).items()}
+    return model.state_dict()
 
 
 def _save_state(path: Path, step: int, model, ema, opt) -> None:
