@@ -181,14 +181,13 @@ def _demo(a: argparse.Namespace) -> int:
 def _shapes_pretrain(a: argparse.Namespace) -> int:
     from flowdppo.shapes.pretrain import PretrainConfig, pretrain
 
-    kw = {"lr": a.lr} if a.lr is not None else {}
     cfg = PretrainConfig(
         steps=a.steps,
         seed=a.seed,
         threads=a.threads,
+        lr=a.lr,
         init=a.init,
         sigma_logit_mean=a.sigma_logit_mean,
-        **kw,
     )
     print(pretrain(a.out, cfg))
     return 0
@@ -292,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, default=PretrainConfig.steps)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--threads", type=int, default=1)
-    sp.add_argument("--lr", type=float, default=None, help=f"peak lr (default {PretrainConfig.lr})")
+    sp.add_argument("--lr", type=float, default=PretrainConfig.lr, help="peak learning rate")
     sp.add_argument(
         "--init", default=None, help="continue from a Shapes .safetensors (e.g. the shipped base)"
     )

@@ -227,12 +227,6 @@ class OptimConfig:
     def validate(self) -> None:
         _check(self.lr > 0, "optim.lr", self.lr, "a number > 0")
         _check(
-            self.lr_schedule in ("constant", "cosine"),
-            "optim.lr_schedule",
-            self.lr_schedule,
-            "constant | cosine",
-        )
-        _check(
             0 <= self.lr_final_frac <= 1,
             "optim.lr_final_frac",
             self.lr_final_frac,

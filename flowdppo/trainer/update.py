@@ -77,6 +77,8 @@ def learning_rate(cfg: RunConfig, iteration: int) -> float:
     o = cfg.optim
     if o.lr_schedule == "constant":
         return o.lr
+    if o.lr_schedule != "cosine":
+        raise ValueError(f"optim.lr_schedule: expected constant | cosine, got {o.lr_schedule!r}")
     t = min(iteration / max(1, cfg.train.max_iters), 1.0)
     return o.lr * (o.lr_final_frac + (1 - o.lr_final_frac) * 0.5 * (1 + math.cos(math.pi * t)))
 
@@ -170,8 +172,9 @@ def update_policy(
 ) -> dict[str, float]:
     """Run the N updates; returns metrics averaged over all terms of all processes."""
     params = list(policy.trainable_parameters())
+    lr = learning_rate(cfg, iteration)
     for group in optimizer.param_groups:
-        group["lr"] = learning_rate(cfg, iteration)
+        group["lr"] = lr
     k = exp.std.shape[1]
     lo = int(exp.sample_ids[0])
     acc, first = MetricAccumulator(), MetricAccumulator()
@@ -209,7 +212,7 @@ def update_policy(
         optimizer.zero_grad(set_to_none=True)
     keys = all_keys(acc.keys())
     metrics = acc.result(reduce, keys)
-    metrics["train/lr"] = learning_rate(cfg, iteration)
+    metrics["train/lr"] = lr
     pre = first.result(reduce, keys)  # the first update runs before any optimizer step: on-policy
     metrics["check/onpolicy_kl_max"] = pre.get("kl/old_new_max", 0.0)
     metrics["check/onpolicy_ratio_err_max"] = max(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from flowdppo.config import RunConfig
@@ -118,3 +119,6 @@ def test_learning_rate_constant_and_cosine_against_closed_form() -> None:
     assert math.isclose(learning_rate(cfg, 25), 1e-3 * (0.1 + 0.9 * (1 + math.sqrt(0.5)) / 2))
     assert math.isclose(learning_rate(cfg, 100), 1e-4)
     assert learning_rate(cfg, 400) == learning_rate(cfg, 100)  # held beyond the horizon
+    cfg.optim.lr_schedule = "linear"  # set in code, past the loader's check of `choices`
+    with pytest.raises(ValueError, match=r"optim\.lr_schedule"):
+        learning_rate(cfg, 0)
