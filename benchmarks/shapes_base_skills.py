@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 import torch
 
 from flowdppo.models.shapes import ShapesPolicy, load_base_model
-from flowdppo.shapes.evaluate import eval_specs, generate
+from flowdppo.shapes.evaluate import eval_specs, generate, wilson
 from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig
 from flowdppo.shapes.parser import parse_images
 from flowdppo.shapes.render import to_uint8
@@ -52,10 +51,11 @@ def load_policy(path: str | None) -> ShapesPolicy:
 
 
 def rate(k: int, n: int) -> str:
+    """k/n with its 95% Wilson interval."""
     if n == 0:
         return "n/a (n = 0)"
-    p = k / n
-    return f"{100 * p:.0f}% ± {100 * 1.96 * math.sqrt(p * (1 - p) / n):.0f} ({k}/{n})"
+    lo, hi = wilson(k, n)
+    return f"{100 * k / n:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}] ({k}/{n})"
 
 
 def main() -> None:
