@@ -238,7 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. loss.delta=1e-6",
     )
     t.add_argument(
-        "--max-iters", type=int, help="stop after this many iterations (default train.max_iters)"
+        "--max-iters",
+        type=int,
+        help="stop after this many iterations (default train.max_iters); the run's horizon, "
+        "which the cosine lr decays over, stays train.max_iters, so a stopped run resumes "
+        "exactly: to lengthen a run use --set train.max_iters=N",
     )
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument(
