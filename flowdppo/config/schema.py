@@ -77,13 +77,13 @@ class SamplingConfig:
     )
     shift: float | None = _f(None, "sigma shift (shapes only; None = the model's own)")
     train_pool: tuple[float, float] = _f(
-        (0.0, 0.5), "fractions [f0, f1) of steps eligible for training"
+        (0.0, 0.3), "fractions [f0, f1) of steps eligible for training"
     )
-    train_steps: int = _f(3, "K trained steps drawn per rollout from the pool")
+    train_steps: int = _f(1, "K trained steps drawn per rollout from the pool")
     train_mode: str = _f(
         "random", "how the K steps are drawn: random | window", choices=("random", "window")
     )
-    prompts_per_iter: int = _f(8, "P distinct prompts per iteration (global, all processes)")
+    prompts_per_iter: int = _f(16, "P distinct prompts per iteration (global, all processes)")
     group_size: int = _f(8, "G samples per prompt (the GRPO group)")
     shared_initial_noise: bool = _f(
         False,
@@ -251,8 +251,9 @@ class OptimConfig:
 @dataclass
 class DataConfig:
     train_prompts: str = _f(
-        "shapes:train",
-        "training prompts: shapes:train | shapes:train:<cat>,<cat> | a .txt/.jsonl path",
+        "shapes:train:counting,two_object,color_attr",
+        "training prompts: shapes:train | shapes:train:<cat>,<cat> | a .txt/.jsonl path "
+        "(default: the Shapes categories with a measurable gradient signal, docs/tuning.md)",
     )
     eval_prompts: str = _f("shapes:test", "evaluation prompts (same forms)")
     balance_key: str | None = _f(
@@ -262,7 +263,7 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = _f(20, "evaluate every this many iterations (0 = only at the end)")
+    every: int = _f(40, "evaluate every this many iterations (0 = only at the end)")
     num_inference_steps: int = _f(40, "ODE steps of the evaluation sampler")
     guidance_scale: float | None = _f(
         None,
@@ -274,7 +275,7 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    max_iters: int = _f(60, "iterations to run")
+    max_iters: int = _f(120, "iterations to run")
     max_minutes: float = _f(
         0.0,
         "also stop (evaluate, save) after the iteration that crosses this wall-clock budget (0 = off)",

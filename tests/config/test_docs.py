@@ -23,7 +23,7 @@ def test_every_field_is_in_the_docs_with_its_default() -> None:
     for key, _ in _fields(RunConfig):
         assert f"| `{key}` |" in text, key
     assert "| `loss.delta` | `float` | `1.0e-05` |" in text
-    assert "| `sampling.train_pool` | `tuple[float, float]` | `[0.0, 0.5]` |" in text
+    assert "| `sampling.train_pool` | `tuple[float, float]` | `[0.0, 0.3]` |" in text
     assert "(choices: `mean`, `sum`)" in text
 
 

@@ -67,8 +67,8 @@ def test_wrong_type_names_key_and_value(override, message) -> None:
             "sampling.group_size: expected an int >= 2 (advantages need a group), got 1",
         ),
         (
-            "sampling.train_steps=4",
-            "sampling.train_steps: expected an int in [1, 3] (the pool has 3 steps of T=6)",
+            "sampling.train_steps=2",
+            "sampling.train_steps: expected an int in [1, 1] (the pool has 1 steps of T=6)",
         ),
         (
             "sampling.sampler=ode",

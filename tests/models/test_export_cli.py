@@ -34,6 +34,7 @@ def test_train_then_export_cli_round_trips_through_load_lora_weights(
         f"model.max_sequence_length={MAX_SEQUENCE_LENGTH}",
         "model.lora_alpha=8",
         "sampling.num_inference_steps=4",
+        "sampling.train_pool=[0.0, 0.5]",
         "sampling.train_steps=2",
         "sampling.prompts_per_iter=2",
         "sampling.group_size=2",
