@@ -88,8 +88,8 @@ def tokenize(prompts: list[str], max_tokens: int) -> torch.Tensor:
 class TextEncoder(nn.Module):
     """Word embeddings + positions + a small transformer encoder.
 
-    The position table starts as sin-cos features of the norm of a word embedding (both ≈ 8–11),
-    so word order is visible from the first step. (A table initialised at 0.02 beside N(0, 1)
+    The position table starts as sin-cos features (row norm 8) on the scale of the word
+    embeddings (norm ≈ 11), so word order is visible from the first step. (A table initialised at 0.02 beside N(0, 1)
     word embeddings, as in the first base model, leaves positions at 2% of the signal: that
     encoder learned a bag of words, and colour binding stayed at chance, 33%, where the same
     recipe with this table binds at 100%; docs/tuning.md, Session 5.)"""

@@ -2,9 +2,9 @@
 
 Loss: ``E ||v_θ(x_σ, σ, prompt) - (ε - x0)||²`` with ``x_σ = (1-σ)·x0 + σ·ε``, σ ~ logit-normal(0, 1)
 (SD3's choice; ``sigma_logit_mean`` shifts it toward high noise), x0 a fresh render of a random
-training prompt, the prompt dropped to the null prompt with probability ``p_uncond`` (for classifier-free guidance). Batch ``b`` of step ``k`` is
-a pure function of ``(seed, k)``, so a resumed run sees exactly the data an uninterrupted run
-would.
+training prompt, the prompt dropped to the null prompt with probability ``p_uncond`` (for
+classifier-free guidance). Batch ``b`` of step ``k`` is a pure function of ``(seed, k)``, so a
+resumed run sees exactly the data an uninterrupted run would.
 """
 
 from __future__ import annotations
