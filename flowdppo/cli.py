@@ -178,6 +178,31 @@ def _demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _category_weights(items: list[str] | None) -> dict[str, float] | None:
+    """``["position=3", ...]`` → {"position": 3.0}; names and values checked."""
+    from flowdppo.shapes.prompts import CATEGORIES
+
+    if not items:
+        return None
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in CATEGORIES:
+            raise SystemExit(
+                f"--category-weight: expected CATEGORY=WEIGHT with CATEGORY one of {CATEGORIES}, got {item!r}"
+            )
+        try:
+            w = float(value)
+        except ValueError:
+            w = -1.0
+        if not w >= 0:
+            raise SystemExit(f"--category-weight {item!r}: the weight must be a number >= 0")
+        out[name] = w
+    if sum(out.get(c, 1.0) for c in CATEGORIES) <= 0:
+        raise SystemExit("--category-weight: the weights must not all be 0")
+    return out
+
+
 def _shapes_pretrain(a: argparse.Namespace) -> int:
     from flowdppo.shapes.pretrain import PretrainConfig, pretrain
 
@@ -188,6 +213,9 @@ def _shapes_pretrain(a: argparse.Namespace) -> int:
         lr=a.lr,
         init=a.init,
         sigma_logit_mean=a.sigma_logit_mean,
+        category_weights=_category_weights(a.category_weight),
+        prior_batch=a.prior_batch,
+        prior_scenes=a.prior_scenes,
     )
     print(pretrain(a.out, cfg))
     return 0
@@ -304,6 +332,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=PretrainConfig.sigma_logit_mean,
         help="location of the logit-normal σ distribution (> 0: more high-noise training)",
+    )
+    sp.add_argument(
+        "--category-weight",
+        action="append",
+        metavar="CATEGORY=W",
+        help="relative weight of a prompt category in each batch (others weigh 1; repeatable)",
+    )
+    sp.add_argument(
+        "--prior-batch",
+        type=int,
+        default=PretrainConfig.prior_batch,
+        help="prompts per step of the σ = 1 prior term, whose target is a mean of renders (0 = off)",
+    )
+    sp.add_argument(
+        "--prior-scenes",
+        type=int,
+        default=PretrainConfig.prior_scenes,
+        help="renders averaged into each prior target",
     )
     sp.set_defaults(func=_shapes_pretrain)
     se = sh.add_parser(

@@ -159,3 +159,22 @@ def test_ctrl_c_saves_the_last_whole_iteration_and_resumes(ckpt, tmp_path) -> No
     assert (out / "checkpoints" / "latest").read_text() == f"iter_{done[-1]:06d}"
     cli("resume", str(out), "--max-iters", str(done[-1] + 1))
     assert [r["iter"] for r in read_lines(out)] == [*done, done[-1] + 1]
+
+
+def test_pretrain_category_weights_are_parsed_and_checked() -> None:
+    from flowdppo.cli import _category_weights
+
+    assert _category_weights(None) is None
+    assert _category_weights(["position=3", "counting=0.5"]) == {"position": 3.0, "counting": 0.5}
+    for bad, says in (
+        ("positions=3", "CATEGORY=WEIGHT"),
+        ("position", "CATEGORY=WEIGHT"),
+        ("position=-1", "number >= 0"),
+        ("position=x", "number >= 0"),
+    ):
+        with pytest.raises(SystemExit, match=says):
+            _category_weights([bad])
+    zeros = [f"{c}=0" for c in ("single_object", "colors", "two_object")]
+    zeros += [f"{c}=0" for c in ("color_attr", "counting", "position")]
+    with pytest.raises(SystemExit, match="not all be 0"):
+        _category_weights(zeros)

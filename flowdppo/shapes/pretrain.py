@@ -5,6 +5,14 @@ Loss: ``E ||v_θ(x_σ, σ, prompt) - (ε - x0)||²`` with ``x_σ = (1-σ)·x0 + 
 training prompt, the prompt dropped to the null prompt with probability ``p_uncond`` (for
 classifier-free guidance). Batch ``b`` of step ``k`` is a pure function of ``(seed, k)``, so a
 resumed run sees exactly the data an uninterrupted run would.
+
+Optional prior term (``prior_batch`` > 0): at σ = 1 the input ε holds nothing of x0, so the
+minimiser of the loss there is ``v = ε - E[x0 | prompt]``: the model's layout prior. One sampled
+x0 is a very noisy target for it (docs/tuning.md, Session 6: on position prompts, knowing the
+relation word lowers the σ = 1 loss by 1.4%, so the base never learned it), and the mean of
+``prior_scenes`` renders of the prompt is the same target with that many times less variance.
+The term ``||v_θ(ε, 1, prompt) - (ε - mean x0)||²`` on ``prior_batch`` prompts per step has the
+same minimiser as the flow-matching loss; it only lowers the variance of its gradient there.
 """
 
 from __future__ import annotations
@@ -48,6 +56,15 @@ class PretrainConfig:
     # initialisation: continued pretraining. Model and EMA both start from them; the optimizer
     # starts fresh (a shipped checkpoint holds no optimizer state).
     init: str | None = None
+    # Relative weight of each category in a batch (missing categories weigh 1); None = uniform,
+    # drawn exactly as the shipped base was. E.g. {"position": 3.0} puts 3/8 of every batch on
+    # position prompts.
+    category_weights: dict[str, float] | None = None
+    # The σ = 1 prior term (module docstring): prompts per step (0 = off), renders averaged per
+    # prompt for its target, and its weight beside the flow-matching loss.
+    prior_batch: int = 0
+    prior_scenes: int = 16
+    prior_weight: float = 1.0
     # Recommended sampling of the result, written into the checkpoint's metadata (chosen by
     # evaluating shift × CFG on the test prompts; see docs/shapes.md, "The base model").
     sample_shift: float = 1.0
@@ -64,11 +81,22 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     )
 
 
+def _draw_prompts(
+    rng: np.random.Generator, n: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec]]
+) -> list[PromptSpec]:
+    """n training prompts: a category each (uniform, or by ``category_weights``), then a prompt."""
+    if cfg.category_weights is None:
+        cats = rng.integers(0, len(CATEGORIES), n)
+    else:
+        w = np.array([cfg.category_weights.get(c, 1.0) for c in CATEGORIES], dtype=np.float64)
+        cats = rng.choice(len(CATEGORIES), size=n, p=w / w.sum())
+    return [by_cat[CATEGORIES[c]][rng.integers(len(by_cat[CATEGORIES[c]]))] for c in cats]
+
+
 def make_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec]]):
     """The training batch of ``step``: (x0 [B,3,32,32] in [-1,1], prompts, eps, sigma)."""
     rng = np.random.default_rng([cfg.seed, step])
-    cats = rng.integers(0, len(CATEGORIES), cfg.batch_size)
-    specs = [by_cat[CATEGORIES[c]][rng.integers(len(by_cat[CATEGORIES[c]]))] for c in cats]
+    specs = _draw_prompts(rng, cfg.batch_size, cfg, by_cat)
     x0 = render(sample_scenes(specs, rng)) * 2 - 1
     drop = rng.random(cfg.batch_size) < cfg.p_uncond
     prompts = ["" if d else s.text for s, d in zip(specs, drop, strict=True)]
@@ -76,6 +104,23 @@ def make_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec
     eps = torch.randn(x0.shape, generator=gen)
     sigma = torch.sigmoid(torch.randn(cfg.batch_size, generator=gen) + cfg.sigma_logit_mean)
     return x0, prompts, eps, sigma
+
+
+def make_prior_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec]]):
+    """The σ = 1 prior batch of ``step``: (ε [P,3,32,32], prompts, mean x0 [P,3,32,32] in [-1,1]).
+
+    Prompts are drawn like the main batch's (category weights included, never dropped); the
+    target of each is the mean of ``prior_scenes`` fresh renders. A pure function of (seed, step),
+    from a stream of its own, so the main batch is the same with the term on or off.
+    """
+    rng = np.random.default_rng([cfg.seed, step, 1])
+    specs = _draw_prompts(rng, cfg.prior_batch, cfg, by_cat)
+    k = cfg.prior_scenes
+    x0 = render(sample_scenes([s for s in specs for _ in range(k)], rng)) * 2 - 1
+    target = x0.view(len(specs), k, *x0.shape[1:]).mean(1)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    eps = torch.randn(target.shape, generator=gen)
+    return eps, [s.text for s in specs], target
 
 
 def _load_init(path: str, model_cfg: ShapesModelConfig) -> dict[str, torch.Tensor]:
@@ -141,6 +186,13 @@ def pretrain(
         cond = model.encode_text(tokenize(prompts, model_cfg.max_tokens))
         v = model((1 - s) * x0 + s * eps, sigma, cond["text"], cond["mask"])
         loss = (v - (eps - x0)).pow(2).mean()
+        if cfg.prior_batch > 0:
+            eps_p, prompts_p, mean_x0 = make_prior_batch(step, cfg, by_cat)
+            cond_p = model.encode_text(tokenize(prompts_p, model_cfg.max_tokens))
+            ones = torch.ones(cfg.prior_batch)
+            v_p = model(eps_p, ones, cond_p["text"], cond_p["mask"])
+            loss_prior = (v_p - (eps_p - mean_x0)).pow(2).mean()
+            loss = loss + cfg.prior_weight * loss_prior
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
@@ -158,6 +210,7 @@ def pretrain(
                 {
                     "step": step,
                     "loss": loss.item(),
+                    **({"loss_prior": loss_prior.item()} if cfg.prior_batch > 0 else {}),
                     "lr": lr_at(step - 1, cfg),
                     "time_s": time.time() - t0,
                 }

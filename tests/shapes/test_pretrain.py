@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from flowdppo.shapes import pretrain as pt
 from flowdppo.shapes.model import ShapesModelConfig
-from flowdppo.shapes.prompts import CATEGORIES, load_split
+from flowdppo.shapes.prompts import CATEGORIES, load_split, sample_scenes
+from flowdppo.shapes.render import render
+from flowdppo.shapes.world import BACKGROUND, PALETTE
 
 TINY = ShapesModelConfig(
     width=32, depth=1, heads=2, text_width=16, text_depth=1, stem_channels=8, head_channels=8
@@ -79,6 +82,76 @@ def test_sigma_logit_mean_shifts_the_noise_levels_only():
     expected = torch.sigmoid(torch.logit(base[3].double()) + 0.7).float()
     torch.testing.assert_close(high[3], expected, rtol=1e-5, atol=1e-6)
     assert float((high[3] > 0.85).float().mean()) > 3 * float((base[3] > 0.85).float().mean())
+
+
+def test_category_weights_set_the_share_of_each_category():
+    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    text_cat = {s.text: s.category for s in load_split("train")}
+    n = 4000
+    cfg = pt.PretrainConfig(batch_size=n, p_uncond=0.0, category_weights={"position": 3.0})
+    prompts = pt.make_batch(0, cfg, by_cat)[1]
+    share = sum(text_cat[p] == "position" for p in prompts) / n
+    assert share == pytest.approx(3 / 8, abs=0.03)  # 3 / (3 + 5 · 1): binomial sd 0.008
+    only = pt.PretrainConfig(
+        batch_size=64, p_uncond=0.0, category_weights={c: 0.0 for c in CATEGORIES[1:]}
+    )
+    assert {text_cat[p] for p in pt.make_batch(1, only, by_cat)[1]} == {CATEGORIES[0]}
+    # Without weights the draw is the one the shipped base was trained with (uniform integers).
+    uniform = pt.make_batch(0, pt.PretrainConfig(batch_size=n, p_uncond=0.0), by_cat)[1]
+    shares = [sum(text_cat[p] == c for p in uniform) / n for c in CATEGORIES]
+    assert max(abs(x - 1 / 6) for x in shares) < 0.03
+
+
+def test_prior_batch_targets_are_means_of_fresh_renders_of_training_prompts():
+    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    one = pt.PretrainConfig(prior_batch=8, prior_scenes=1, seed=2)
+    eps, prompts, target = pt.make_prior_batch(3, one, by_cat)
+    assert eps.shape == target.shape == (8, 3, 32, 32) and len(prompts) == 8
+    assert set(prompts) <= {s.text for s in load_split("train")}
+    # One scene: the target is a render, whose pixels are palette colours or the background.
+    colours = {tuple(c) for c in np.vstack([PALETTE, BACKGROUND[None]]).tolist()}
+    pix = ((target + 1) / 2 * 255).round().permute(0, 2, 3, 1).reshape(-1, 3).int().tolist()
+    assert {tuple(p) for p in pix} <= colours
+    # Many scenes: the target approaches the renderer's mean image of the prompt (independent
+    # draws of the same sampler), with the standard error of a mean of 400 scenes.
+    many = pt.PretrainConfig(prior_batch=2, prior_scenes=400, seed=2)
+    _, prompts, target = pt.make_prior_batch(0, many, by_cat)
+    spec = next(s for s in load_split("train") if s.text == prompts[0])
+    ref = render(sample_scenes([spec] * 4000, np.random.default_rng(9))) * 2 - 1
+    assert (target[0] - ref.mean(0)).abs().mean() < 0.02
+    assert (target[0] - ref.mean(0)).abs().mean() < 0.3 * (ref[0] - ref.mean(0)).abs().mean()
+    # The prior term draws from a stream of its own: the main batch does not change with it.
+    main = pt.make_batch(3, pt.PretrainConfig(seed=2), by_cat)
+    with_prior = pt.make_batch(3, one, by_cat)
+    assert main[1] == with_prior[1] and torch.equal(main[0], with_prior[0])
+
+
+def test_prior_term_enters_the_loss_and_resumes_exactly(tmp_path, monkeypatch):
+    cfg = pt.PretrainConfig(
+        steps=3, batch_size=4, warmup_steps=1, checkpoint_every_s=0.0, prior_batch=2, prior_scenes=3
+    )
+    pt.pretrain(tmp_path / "off", pt.PretrainConfig(steps=3, batch_size=4, warmup_steps=1), TINY)
+    pt.pretrain(tmp_path / "on", cfg, TINY)
+    real = pt.make_prior_batch
+
+    def crash_at_step_1(step, *args):
+        if step == 1:
+            raise KeyboardInterrupt
+        return real(step, *args)
+
+    monkeypatch.setattr(pt, "make_prior_batch", crash_at_step_1)
+    with pytest.raises(KeyboardInterrupt):
+        pt.pretrain(tmp_path / "resumed", cfg, TINY)
+    monkeypatch.setattr(pt, "make_prior_batch", real)
+    pt.pretrain(tmp_path / "resumed", cfg, TINY)
+
+    def losses(run: str) -> list[float]:
+        log = (tmp_path / run / "pretrain_log.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in log]
+
+    assert losses("on") == losses("resumed")
+    # Same main batches and initialisation: the first logged loss differs by the prior term only.
+    assert losses("on")[0] > losses("off")[0]
 
 
 def test_continued_pretraining_starts_from_init_weights(tmp_path):

@@ -1,0 +1,50 @@
+"""benchmarks/shapes_relation_prior.py: the colour decomposition and the signed separation."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flowdppo.shapes.prompts import parse_prompt
+from flowdppo.shapes.world import BACKGROUND, PALETTE
+
+_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(_DIR))  # the benchmark imports its sibling shapes_base_skills
+_spec = importlib.util.spec_from_file_location(
+    "shapes_relation_prior", _DIR / "shapes_relation_prior.py"
+)
+assert _spec is not None and _spec.loader is not None
+prior = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(prior)
+
+
+def test_colour_weights_recover_a_known_mixture():
+    rng = np.random.default_rng(0)
+    wa, wb = rng.uniform(0, 0.5, (2, 32, 32))
+    bg, ca, cb = BACKGROUND / 255, PALETTE[0] / 255, PALETTE[2] / 255
+    img = bg[:, None, None] + wa * (ca - bg)[:, None, None] + wb * (cb - bg)[:, None, None]
+    got_a, got_b = prior.colour_weights(img, 0, 2)
+    np.testing.assert_allclose(got_a, wa, atol=1e-9)
+    np.testing.assert_allclose(got_b, wb, atol=1e-9)
+
+
+def test_separation_of_the_world_prior_has_the_closed_form_size_and_sign():
+    # Cells uniform given the relation: E[col A] = 2/3, E[col B] = 7/3 (of 0..3), 8 px per cell,
+    # so the colour centroids are 8 · 5/3 ≈ 13.3 px apart (shapes jitter inside their cell).
+    left = parse_prompt("a red circle to the left of a blue square")
+    right = parse_prompt("a red circle to the right of a blue square")
+    mean_left = prior.world_mean(left, 2000, 0)
+    assert prior.separation(mean_left, left) == pytest.approx(8 * 5 / 3, abs=0.7)
+    # The same image read with the other relation: the same size, the other sign.
+    assert prior.separation(mean_left, right) == pytest.approx(-prior.separation(mean_left, left))
+    below = parse_prompt("a red circle below a blue square")
+    assert prior.separation(prior.world_mean(below, 2000, 1), below) == pytest.approx(
+        8 * 5 / 3, abs=0.7
+    )
+    # A layout that ignores the relation (left and right mixed) scores about 0.
+    mixed = (mean_left + prior.world_mean(right, 2000, 2)) / 2
+    assert abs(prior.separation(mixed, left)) < 0.7
