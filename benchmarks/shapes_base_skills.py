@@ -40,8 +40,9 @@ from flowdppo.shapes.score import REL_MARGIN, relation_holds
 def load_policy(path: str | None) -> ShapesPolicy:
     if path is None or path.endswith(".safetensors"):
         return ShapesPolicy.from_pretrained(path)
-    model = ShapesFlowModel(ShapesModelConfig())
-    model.load_state_dict(torch.load(path, weights_only=True)["ema"])
+    state = torch.load(path, weights_only=True)
+    model = ShapesFlowModel(ShapesModelConfig(**state.get("model_config", {})))
+    model.load_state_dict(state["ema"])
     policy = ShapesPolicy(model.eval())
     # A pretraining state holds no sampling metadata: use the shipped base's recommended CFG.
     policy.default_guidance_scale = float(

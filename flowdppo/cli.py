@@ -217,7 +217,9 @@ def _shapes_pretrain(a: argparse.Namespace) -> int:
         prior_batch=a.prior_batch,
         prior_scenes=a.prior_scenes,
     )
-    print(pretrain(a.out, cfg))
+    from flowdppo.shapes.model import ShapesModelConfig
+
+    print(pretrain(a.out, cfg, ShapesModelConfig(velocity_skip=a.velocity_skip)))
     return 0
 
 
@@ -338,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="CATEGORY=W",
         help="relative weight of a prompt category in each batch (others weigh 1; repeatable)",
+    )
+    sp.add_argument(
+        "--velocity-skip",
+        action="store_true",
+        help="model v = σ·x + network (ShapesModelConfig.velocity_skip); from scratch only",
     )
     sp.add_argument(
         "--prior-batch",

@@ -90,6 +90,11 @@ class SamplingConfig:
         "the G samples of a prompt start from one initial noise (DanceGRPO; 7x noisier gradients on Shapes, docs/tuning.md)",
     )
     batch_size: int = _f(64, "samples per forward pass when sampling (per process)")
+    untrained_precision: str = _f(
+        "auto",
+        "precision of the rollout steps that are not trained (ODE, no log-prob): full | reduced (the policy's reduced precision; Shapes: transformer blocks in bfloat16) | auto (reduced where the CPU or GPU has bfloat16 kernels); trained steps are always full",
+        choices=("full", "reduced", "auto"),
+    )
 
     def validate(self) -> None:
         from flowdppo.core import SAMPLERS

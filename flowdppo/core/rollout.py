@@ -87,6 +87,7 @@ def sample(
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
     reduction: str = "mean",
+    untrained_velocity_fn: VelocityFn | None = None,
 ) -> RolloutOutput:
     """Denoise ``latents`` along ``sigmas``; stochastic and stored at ``train_steps`` only.
 
@@ -104,6 +105,9 @@ def sample(
             ``generator`` is unused). Drawing it per sample outside makes a sample independent of
             how the batch is split across processes or forward passes.
         reduction: log-prob reduction, "mean" or "sum".
+        untrained_velocity_fn: optional velocity for the steps that are not trained (ODE steps,
+            whose log-prob is never taken), e.g. the model at a lower precision. Trained steps
+            always use ``velocity_fn``, so their stored tuple is what the update recomputes.
     Returns:
         RolloutOutput with K = len(train_steps).
     """
@@ -119,9 +123,10 @@ def sample(
         )
     records: list[StepOutput] = []
     xs: list[Tensor] = []
+    untrained = velocity_fn if untrained_velocity_fn is None else untrained_velocity_fn
     for i in range(num_steps):
         sigma, sigma_next = sig[i].expand(batch), sig[i + 1].expand(batch)
-        v = velocity_fn(x, sigma)
+        v = (velocity_fn if i in train else untrained)(x, sigma)
         if i in train:
             z = None if noise is None else noise[:, len(records)]
             out = kernel(

@@ -10,7 +10,7 @@ reference model) is here, so the two family files stay small.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
 import torch
@@ -196,6 +196,10 @@ class DiffusersPolicy:
     def reference(self) -> AbstractContextManager[None]:
         """The base model: LoRA disabled, or the frozen pre-training copy (full fine-tuning)."""
         return reference_context(self)
+
+    def reduced_precision(self) -> AbstractContextManager[None]:
+        """No-op: the transformer already runs in its ``model.dtype`` (bfloat16 on GPUs)."""
+        return nullcontext()
 
     @property
     def num_cached_prompts(self) -> int:

@@ -107,3 +107,9 @@ class Policy(Protocol):
         LoRA: the adapter disabled (no second copy). Full fine-tuning: a frozen copy.
         """
         ...
+
+    def reduced_precision(self) -> AbstractContextManager[None]:
+        """Context in which ``velocity`` may trade precision for speed, for rollout steps whose
+        log-prob is never taken (``sampling.untrained_precision``). A policy with
+        nothing to trade makes it a no-op."""
+        ...

@@ -159,6 +159,19 @@ class ShapesPolicy:
         return nullcontext() if self.full_finetune else disabled_lora(self.model)
 
     @contextmanager
+    def reduced_precision(self) -> Iterator[None]:
+        """The transformer blocks in bfloat16 (the stem, head and skip stay float32): a forward
+        ~25% faster on CPUs with AMX, v within 0.1% (``ShapesFlowModel.block_dtype``)."""
+        nets = [self.model] + ([self._ref] if self._ref is not None else [])
+        for net in nets:
+            net.block_dtype = torch.bfloat16
+        try:
+            yield
+        finally:
+            for net in nets:
+                net.block_dtype = None
+
+    @contextmanager
     def reference(self) -> Iterator[None]:
         if self._ref is None:
             with disabled_lora(self.model):

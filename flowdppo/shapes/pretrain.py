@@ -138,6 +138,7 @@ def _save_state(path: Path, step: int, model, ema, opt) -> None:
     torch.save(
         {
             "step": step,
+            "model_config": model.cfg.to_dict(),
             "model": model.state_dict(),
             "ema": ema.state_dict(),
             "opt": opt.state_dict(),
@@ -164,6 +165,15 @@ def pretrain(
     state_path, step = out / "pretrain_state.pt", 0
     if state_path.exists():
         st = torch.load(state_path, weights_only=True)
+        saved = st.get("model_config")  # absent in states written before it was stored
+        if saved is not None and saved != model_cfg.to_dict():
+            diff = {
+                k: (saved.get(k), v) for k, v in model_cfg.to_dict().items() if saved.get(k) != v
+            }
+            raise ValueError(
+                f"{state_path}: this run was started with another model architecture; "
+                f"(saved, requested) per field: {diff} (e.g. resume with the same --velocity-skip)"
+            )
         (
             model.load_state_dict(st["model"]),
             ema.load_state_dict(st["ema"]),

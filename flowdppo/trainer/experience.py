@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from flowdppo.config.schema import RunConfig
+from flowdppo.config.schema import RunConfig, SamplingConfig
 from flowdppo.core import gaussian_kl, recompute_step, sample
 from flowdppo.models.base import Policy
 from flowdppo.rewards.compute import RewardBatch, RewardError, compute_rewards
@@ -73,6 +73,16 @@ def sample_noise(
     return torch.randn(*shape, generator=gg), z[1:]
 
 
+def use_reduced_precision(s: SamplingConfig, device: torch.device) -> bool:
+    """``sampling.untrained_precision``: full, reduced, or auto (reduced where bfloat16 kernels
+    exist: oneDNN's on a CPU, any CUDA device)."""
+    if s.untrained_precision != "auto":
+        return s.untrained_precision == "reduced"
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return device.type == "cuda"
+
+
 def _rollout_batch(
     policy: Policy,
     cfg: RunConfig,
@@ -97,6 +107,10 @@ def _rollout_batch(
     def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return policy.velocity(x, sigma, cond, s.guidance_scale)
 
+    def reduced(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        with policy.reduced_precision():
+            return policy.velocity(x, sigma, cond, s.guidance_scale)
+
     out = sample(
         velocity,
         init,
@@ -106,6 +120,7 @@ def _rollout_batch(
         train_steps=steps,
         noise=step_noise,
         reduction=cfg.loss.reduction,
+        untrained_velocity_fn=reduced if use_reduced_precision(s, policy.device) else None,
     )
     refs = []
     with torch.no_grad(), policy.reference():

@@ -208,3 +208,42 @@ def test_given_noise_is_used_per_sample_and_checked():
     )
     with pytest.raises(ValueError, match=r"noise must have shape \[3, 2, 4\]"):
         sample(vel, x0, sig, sampler="flow_sde", train_steps=(0, 2), noise=z[:, :1])
+
+
+def test_untrained_velocity_runs_the_untrained_steps_only():
+    """A second velocity on the untrained steps: the ODE steps use it, the trained step keeps
+    ``velocity_fn`` (its stored mean and log-prob are what ``recompute_step`` gives)."""
+    torch.manual_seed(0)
+    model = _TinyVelocity(4)
+    shifted = lambda x, s: model(x, s) + 0.25  # noqa: E731  (a stand-in for a lower precision)
+    x, sigmas = torch.randn(3, 4), shifted_sigmas(5, 1.0)
+    noise = torch.randn(3, 1, 4)
+    out = sample(model, x, sigmas, train_steps=[2], noise=noise, untrained_velocity_fn=shifted)
+    # By hand: Euler with the shifted velocity on steps 0, 1, 3, 4; the stored x_{3} on step 2.
+    expected = x.clone()
+    with torch.no_grad():
+        for i in range(2):
+            expected = expected + shifted(expected, sigmas[i].expand(3)) * (
+                sigmas[i + 1] - sigmas[i]
+            )
+    torch.testing.assert_close(out.x[:, 0], expected, atol=1e-6, rtol=0)
+    ref = recompute_step(
+        model,
+        out.x[:, 0],
+        out.x_next[:, 0],
+        out.sigma[0],
+        out.sigma_next[0],
+        sampler="flow_sde",
+        eta=0.7,
+    )
+    torch.testing.assert_close(ref.mean, out.mean[:, 0], atol=0, rtol=0)
+    torch.testing.assert_close(ref.log_prob, out.log_prob[:, 0], atol=0, rtol=0)
+    expected = out.x_next[:, 0]
+    with torch.no_grad():
+        for i in range(3, 5):
+            expected = expected + shifted(expected, sigmas[i].expand(3)) * (
+                sigmas[i + 1] - sigmas[i]
+            )
+    torch.testing.assert_close(out.latents, expected, atol=1e-6, rtol=0)
+    plain = sample(model, x, sigmas, train_steps=[2], noise=noise)
+    assert not torch.allclose(plain.latents, out.latents)  # the second velocity did act

@@ -53,3 +53,49 @@ def test_fresh_model_sees_positions_above_the_noise():
     with torch.no_grad():
         tokens = model.patch(model.stem(torch.randn(8, 3, 32, 32))).flatten(2).transpose(1, 2)
     assert pos.norm(dim=1).mean() > 2 * tokens.norm(dim=-1).mean()
+
+
+def test_bfloat16_blocks_stay_close_where_the_whole_model_does_not():
+    """``block_dtype``: the blocks in bfloat16 move v by ~0.1% on the shipped base; autocasting
+    the whole model (stem, head and the skip of the noisy input too) moves it by ~15%."""
+    from flowdppo.models.shapes import ShapesPolicy, load_base_model
+    from flowdppo.shapes.model import tokenize
+
+    model, _ = load_base_model()
+    g = torch.Generator().manual_seed(0)
+    x, sigma = torch.randn(16, 3, 32, 32, generator=g), torch.full((16,), 0.5)
+    cond = model.encode_text(tokenize(["a red circle to the left of a blue square"] * 16, 12))
+    with torch.no_grad():
+        full = model(x, sigma, cond["text"], cond["mask"])
+        model.block_dtype = torch.bfloat16
+        blocks = model(x, sigma, cond["text"], cond["mask"])
+        model.block_dtype = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            whole = model(x, sigma, cond["text"], cond["mask"]).float()
+    rel = lambda a: float((a - full).norm() / full.norm())  # noqa: E731
+    assert blocks.dtype == torch.float32
+    assert 0 < rel(blocks) < 5e-3 and rel(whole) > 10 * rel(blocks)
+
+    policy = ShapesPolicy(model)
+    with policy.reduced_precision():
+        assert model.block_dtype == torch.bfloat16
+    assert model.block_dtype is None
+
+
+def test_velocity_skip_adds_sigma_times_the_input():
+    """``velocity_skip``: v = σ·x + the network; the head starts at zero, so a fresh model's v is
+    σ·x exactly, and the skip is recorded in the config a checkpoint stores."""
+    from flowdppo.shapes.model import ShapesModelConfig, tokenize
+
+    tiny = dict(width=32, depth=1, heads=2, text_width=16, text_depth=1)
+    torch.manual_seed(0)
+    plain = ShapesFlowModel(ShapesModelConfig(**tiny))
+    torch.manual_seed(0)
+    skip = ShapesFlowModel(ShapesModelConfig(**tiny, velocity_skip=True))
+    x, sigma = torch.randn(3, 3, 32, 32), torch.tensor([1.0, 0.5, 0.1])
+    cond = skip.encode_text(tokenize(["a red circle"] * 3, 12))
+    with torch.no_grad():
+        assert torch.equal(plain(x, sigma, cond["text"], cond["mask"]), torch.zeros_like(x))
+        v = skip(x, sigma, cond["text"], cond["mask"])
+    torch.testing.assert_close(v, sigma[:, None, None, None] * x, atol=0, rtol=0)
+    assert skip.cfg.to_dict()["velocity_skip"] is True

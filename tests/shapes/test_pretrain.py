@@ -168,3 +168,14 @@ def test_continued_pretraining_starts_from_init_weights(tmp_path):
     other = ShapesModelConfig(**{**TINY.to_dict(), "width": 16})
     with pytest.raises(ValueError, match="architecture"):
         pt.pretrain(tmp_path / "bad", zero_steps, other)
+
+
+def test_resuming_with_another_architecture_is_refused(tmp_path):
+    cfg = pt.PretrainConfig(steps=1, batch_size=2, warmup_steps=1, checkpoint_every_s=0.0)
+    pt.pretrain(tmp_path, cfg, TINY)
+    longer = pt.PretrainConfig(steps=2, batch_size=2, warmup_steps=1, checkpoint_every_s=0.0)
+    skip = ShapesModelConfig(**{**TINY.to_dict(), "velocity_skip": True})
+    with pytest.raises(ValueError, match="velocity_skip"):
+        pt.pretrain(tmp_path, longer, skip)
+    pt.pretrain(tmp_path, longer, TINY)  # the same architecture resumes
+    assert torch.load(tmp_path / "pretrain_state.pt", weights_only=True)["step"] == 2

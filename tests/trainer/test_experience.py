@@ -87,3 +87,27 @@ def test_shared_initial_noise_in_a_rollout(tiny_ckpt) -> None:
     assert torch.equal(exp.x[0, 0], exp.x[1, 0]) and torch.equal(exp.x[2, 0], exp.x[3, 0])
     assert not torch.equal(exp.x[0, 0], exp.x[2, 0])
     assert not torch.allclose(exp.x_next[0, 0], exp.x_next[1, 0], atol=1e-3)
+
+
+def test_reduced_precision_acts_on_untrained_steps_only(tiny_ckpt) -> None:
+    """``sampling.untrained_precision=reduced``: trained steps 0 and 2 of 3 stay float32 (the
+    stored means equal the float32 reference recompute bit for bit, as with full precision),
+    the untrained step 1 runs the bfloat16 blocks (the state entering step 2 changes)."""
+    full = _collect(tiny_ckpt, 4, (0, 1, 2, 3), "sampling.untrained_precision=full")
+    reduced = _collect(tiny_ckpt, 4, (0, 1, 2, 3), "sampling.untrained_precision=reduced")
+    assert torch.equal(full.x[:, 0], reduced.x[:, 0])  # nothing before step 0
+    assert not torch.equal(full.x[:, 1], reduced.x[:, 1])  # step 1 ran in reduced precision
+    torch.testing.assert_close(full.x[:, 1], reduced.x[:, 1], atol=0.05, rtol=0)  # but close
+    assert torch.equal(reduced.mean, reduced.mean_ref)  # LoRA B = 0: float32 on trained steps
+    assert torch.equal(kl_to_reference(reduced, "mean"), torch.zeros(4, 2))
+
+
+def test_untrained_precision_auto_follows_the_bfloat16_kernels() -> None:
+    from flowdppo.config.schema import SamplingConfig
+    from flowdppo.trainer.experience import use_reduced_precision
+
+    cpu = torch.device("cpu")
+    assert not use_reduced_precision(SamplingConfig(untrained_precision="full"), cpu)
+    assert use_reduced_precision(SamplingConfig(untrained_precision="reduced"), cpu)
+    auto = use_reduced_precision(SamplingConfig(untrained_precision="auto"), cpu)
+    assert auto == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

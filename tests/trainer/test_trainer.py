@@ -72,8 +72,11 @@ def test_run_writes_metrics_eval_samples_tensorboard_checkpoints(
     assert load_config(run / "config.yaml") == cfg
 
 
-@pytest.mark.parametrize("sampler", ["flow_sde", "cps", "dance_sde"])
-def test_on_policy_check_holds_every_iteration(tiny_ckpt, tmp_path, sampler) -> None:
+@pytest.mark.parametrize(
+    ("sampler", "precision"),
+    [("flow_sde", "full"), ("flow_sde", "reduced"), ("cps", "full"), ("dance_sde", "full")],
+)
+def test_on_policy_check_holds_every_iteration(tiny_ckpt, tmp_path, sampler, precision) -> None:
     """Before the first update of an iteration the recomputed step equals the stored one:
     KL(old‖new) ≤ 1e-9 and ρ = 1 to float32 precision, although the update's micro-batches
     (pairs of mixed samples and steps) differ from the rollout's forward batches."""
@@ -84,6 +87,7 @@ def test_on_policy_check_holds_every_iteration(tiny_ckpt, tmp_path, sampler) -> 
         f"sampling.sampler={sampler}",
         "optim.micro_batch_size=3",
         "sampling.batch_size=2",
+        f"sampling.untrained_precision={precision}",  # reduced: untrained steps in bfloat16
     )
     trainer = Trainer(cfg, tmp_path / "run")
     for _ in range(3):
