@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,27 @@ from flowdppo.shapes.world import BACKGROUND, PALETTE
 TINY = ShapesModelConfig(
     width=32, depth=1, heads=2, text_width=16, text_depth=1, stem_channels=8, head_channels=8
 )
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "pretrain_log.jsonl").open()]
+
+
+def _crash_then_resume(monkeypatch, fn: str, step: int, run: Path, cfg) -> None:
+    """Pretrain into ``run`` with ``pt.<fn>`` interrupted (Ctrl-C) at ``step``, then resume."""
+    real = getattr(pt, fn)
+
+    def crash(k, *args):
+        if k == step:
+            raise KeyboardInterrupt
+        return real(k, *args)
+
+    monkeypatch.setattr(pt, fn, crash)
+    with pytest.raises(KeyboardInterrupt):
+        pt.pretrain(run, cfg, TINY)
+    assert torch.load(run / "pretrain_state.pt", weights_only=True)["step"] == step
+    monkeypatch.setattr(pt, fn, real)
+    pt.pretrain(run, cfg, TINY)
 
 
 def test_lr_schedule_warmup_then_cosine_to_final_fraction():
@@ -45,19 +67,8 @@ def test_interrupted_pretraining_resumes_exactly(tmp_path, monkeypatch):
     cfg = pt.PretrainConfig(steps=4, batch_size=4, warmup_steps=1, checkpoint_every_s=0.0)
     pt.pretrain(tmp_path / "straight", cfg, TINY)
 
-    real = pt.make_batch
-
-    def crash_at_step_2(step, *args):
-        if step == 2:
-            raise KeyboardInterrupt
-        return real(step, *args)
-
-    monkeypatch.setattr(pt, "make_batch", crash_at_step_2)
-    with pytest.raises(KeyboardInterrupt):
-        pt.pretrain(tmp_path / "resumed", cfg, TINY)
-    assert torch.load(tmp_path / "resumed" / "pretrain_state.pt", weights_only=True)["step"] == 2
-    monkeypatch.setattr(pt, "make_batch", real)
-    pt.pretrain(tmp_path / "resumed", cfg, TINY)
+    _crash_then_resume(monkeypatch, "make_batch", 2, tmp_path / "resumed", cfg)
+    assert torch.load(tmp_path / "resumed" / "pretrain_state.pt", weights_only=True)["step"] == 4
 
     for name in ("model.safetensors", "model_ema.safetensors"):
         a, b = (
@@ -66,11 +77,7 @@ def test_interrupted_pretraining_resumes_exactly(tmp_path, monkeypatch):
         )
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    def losses(run: str) -> list[float]:
-        log = (tmp_path / run / "pretrain_log.jsonl").read_text().splitlines()
-        return [json.loads(line)["loss"] for line in log]
-
-    assert losses("straight") == losses("resumed")
+    assert _losses(tmp_path / "straight") == _losses(tmp_path / "resumed")
 
 
 def test_sigma_logit_mean_shifts_the_noise_levels_only():
@@ -132,26 +139,10 @@ def test_prior_term_enters_the_loss_and_resumes_exactly(tmp_path, monkeypatch):
     )
     pt.pretrain(tmp_path / "off", pt.PretrainConfig(steps=3, batch_size=4, warmup_steps=1), TINY)
     pt.pretrain(tmp_path / "on", cfg, TINY)
-    real = pt.make_prior_batch
-
-    def crash_at_step_1(step, *args):
-        if step == 1:
-            raise KeyboardInterrupt
-        return real(step, *args)
-
-    monkeypatch.setattr(pt, "make_prior_batch", crash_at_step_1)
-    with pytest.raises(KeyboardInterrupt):
-        pt.pretrain(tmp_path / "resumed", cfg, TINY)
-    monkeypatch.setattr(pt, "make_prior_batch", real)
-    pt.pretrain(tmp_path / "resumed", cfg, TINY)
-
-    def losses(run: str) -> list[float]:
-        log = (tmp_path / run / "pretrain_log.jsonl").read_text().splitlines()
-        return [json.loads(line)["loss"] for line in log]
-
-    assert losses("on") == losses("resumed")
+    _crash_then_resume(monkeypatch, "make_prior_batch", 1, tmp_path / "resumed", cfg)
+    assert _losses(tmp_path / "on") == _losses(tmp_path / "resumed")
     # Same main batches and initialisation: the first logged loss differs by the prior term only.
-    assert losses("on")[0] > losses("off")[0]
+    assert _losses(tmp_path / "on")[0] > _losses(tmp_path / "off")[0]
 
 
 def test_continued_pretraining_starts_from_init_weights(tmp_path):
