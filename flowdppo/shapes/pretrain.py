@@ -153,6 +153,11 @@ def pretrain(
 ) -> Path:
     """Train (or resume) into ``out``; returns the path of the final ``model.safetensors``."""
     cfg, model_cfg = cfg or PretrainConfig(), model_cfg or ShapesModelConfig()
+    if cfg.prior_batch < 0 or cfg.prior_scenes < 1:
+        raise ValueError(
+            f"prior_batch must be >= 0 and prior_scenes >= 1, got {cfg.prior_batch} and "
+            f"{cfg.prior_scenes} (--prior-batch, --prior-scenes)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)

@@ -161,6 +161,12 @@ def test_continued_pretraining_starts_from_init_weights(tmp_path):
         pt.pretrain(tmp_path / "bad", zero_steps, other)
 
 
+def test_bad_prior_settings_are_refused(tmp_path):
+    for bad in ({"prior_batch": -1}, {"prior_batch": 2, "prior_scenes": 0}):
+        with pytest.raises(ValueError, match="prior_scenes >= 1"):
+            pt.pretrain(tmp_path, pt.PretrainConfig(steps=1, **bad), TINY)
+
+
 def test_resuming_with_another_architecture_is_refused(tmp_path):
     cfg = pt.PretrainConfig(steps=1, batch_size=2, warmup_steps=1, checkpoint_every_s=0.0)
     pt.pretrain(tmp_path, cfg, TINY)
