@@ -13,7 +13,8 @@ Classes, checked in this order on the parsed image (ODE 40 steps, the run's eval
 
     .venv/bin/python benchmarks/shapes_failures.py [--run DIR | --checkpoint PATH] [--n 100]
 
-DIR: a run directory (its latest checkpoint); PATH: a Shapes .safetensors (default: the base).
+DIR: a run directory (its latest checkpoint); PATH: a Shapes .safetensors (default: the shipped
+base) or a pretraining ``pretrain_state.pt`` (its EMA), as in ``shapes_base_skills.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import argparse
 from collections import Counter
 
 import torch
+from shapes_base_skills import load_policy
 
-from flowdppo.models.shapes import ShapesPolicy
 from flowdppo.shapes.evaluate import eval_specs, generate
 from flowdppo.shapes.parser import ParsedImage, parse_images
 from flowdppo.shapes.prompts import CATEGORIES, PromptSpec
@@ -53,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--run", help="a run directory (its latest checkpoint)")
-    src.add_argument("--checkpoint", help="a Shapes .safetensors (default: the shipped base)")
+    src.add_argument("--checkpoint", help="a Shapes .safetensors or pretrain_state.pt")
     ap.add_argument("--n", type=int, default=100, help="test prompts per category")
     ap.add_argument("--categories", nargs="+", default=list(CATEGORIES))
     ap.add_argument("--threads", type=int, default=1)
@@ -65,7 +66,7 @@ def main() -> None:
         policy, cfg, it = load_run_policy(a.run)
         cfg_scale, seed, label = cfg.eval_guidance_scale, cfg.eval.seed, f"{a.run} @ {it}"
     else:
-        policy = ShapesPolicy.from_pretrained(a.checkpoint)
+        policy = load_policy(a.checkpoint)
         cfg_scale, seed, label = policy.default_guidance_scale, 0, a.checkpoint or "shipped base"
     print(f"{label}: {a.n} test prompts per category, ODE 40, CFG {cfg_scale}")
     for cat in a.categories:

@@ -19,9 +19,10 @@ renderer's (0: the relation word has no effect on the prior; 1: the world's prio
 PATH as in ``shapes_base_skills.py`` (a .safetensors or a pretraining ``pretrain_state.pt``).
 Test position prompts whose two colours differ; about 20 s on one thread.
 
-``--fit-steps N`` first trains the checkpoint (all weights, Adam ``--fit-lr``) on the σ = 1 term
-alone: 32 training position prompts per step, each with the mean of 16 renders as its target
-(the least noisy form of the layout prior's loss), and reports the separation on ``--split``
+``--fit-steps N`` first trains the checkpoint (all weights, Adam ``--fit-lr``) on pretraining's
+σ = 1 prior term alone (``flowdppo.shapes.pretrain.prior_loss``): 32 training position prompts
+per step, each with the mean of 16 renders as its target (the least noisy form of the layout
+prior's loss), and reports the separation on ``--split``
 every ``N // 5`` steps: whether the model *can* learn the relation's prior when nothing else
 competes for it.
 """
@@ -35,7 +36,8 @@ import torch
 from shapes_base_skills import load_policy
 
 from flowdppo.shapes.model import tokenize
-from flowdppo.shapes.prompts import PromptSpec, load_split, sample_scenes
+from flowdppo.shapes.pretrain import PretrainConfig, make_prior_batch, prior_loss
+from flowdppo.shapes.prompts import CATEGORIES, PromptSpec, load_split, sample_scenes
 from flowdppo.shapes.render import render
 from flowdppo.shapes.world import BACKGROUND, PALETTE
 
@@ -93,20 +95,19 @@ def model_mean(policy, spec: PromptSpec, n: int, seed: int, guidance: float) -> 
 
 
 def fit_prior(policy, steps: int, lr: float, report, seed: int = 0) -> None:
-    """Train ``policy.model`` on the σ = 1 mean-target term of training position prompts."""
+    """Train ``policy.model`` on pretraining's σ = 1 prior term alone, position prompts only."""
     model = policy.model.requires_grad_(True)  # every weight, the text encoder's included
-    train = [s for s in load_split("train") if s.category == "position"]
+    cfg = PretrainConfig(
+        seed=seed,
+        prior_batch=32,
+        prior_scenes=16,
+        category_weights={c: float(c == "position") for c in CATEGORIES},
+    )
+    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    rng = np.random.default_rng(seed)
     model.train()
     for step in range(1, steps + 1):
-        specs = [train[i] for i in rng.integers(len(train), size=32)]
-        x0 = render(sample_scenes([s for s in specs for _ in range(16)], rng)) * 2 - 1
-        target = x0.view(32, 16, *x0.shape[1:]).mean(1)
-        eps = torch.randn(target.shape, generator=torch.Generator().manual_seed(seed + step))
-        cond = model.encode_text(tokenize([s.text for s in specs], model.cfg.max_tokens))
-        v = model(eps, torch.ones(32), cond["text"], cond["mask"])
-        loss = (v - (eps - target)).pow(2).mean()
+        loss = prior_loss(model, *make_prior_batch(step, cfg, by_cat))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

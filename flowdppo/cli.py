@@ -179,27 +179,17 @@ def _demo(a: argparse.Namespace) -> int:
 
 
 def _category_weights(items: list[str] | None) -> dict[str, float] | None:
-    """``["position=3", ...]`` → {"position": 3.0}; names and values checked."""
-    from flowdppo.shapes.prompts import CATEGORIES
-
+    """``["position=3", ...]`` → {"position": 3.0}; the names and values are checked by
+    ``flowdppo.shapes.pretrain`` (a ValueError naming the flag)."""
     if not items:
         return None
     out: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or name not in CATEGORIES:
-            raise SystemExit(
-                f"--category-weight: expected CATEGORY=WEIGHT with CATEGORY one of {CATEGORIES}, got {item!r}"
-            )
         try:
-            w = float(value)
+            out[name] = float(value) if sep else float("nan")
         except ValueError:
-            w = -1.0
-        if not w >= 0:
-            raise SystemExit(f"--category-weight {item!r}: the weight must be a number >= 0")
-        out[name] = w
-    if sum(out.get(c, 1.0) for c in CATEGORIES) <= 0:
-        raise SystemExit("--category-weight: the weights must not all be 0")
+            out[name] = float("nan")
     return out
 
 

@@ -161,20 +161,23 @@ def test_ctrl_c_saves_the_last_whole_iteration_and_resumes(ckpt, tmp_path) -> No
     assert [r["iter"] for r in read_lines(out)] == [*done, done[-1] + 1]
 
 
-def test_pretrain_category_weights_are_parsed_and_checked() -> None:
-    from flowdppo.cli import _category_weights
+def test_pretrain_category_weights_are_parsed_and_checked(tmp_path) -> None:
+    from flowdppo.cli import _category_weights, main
+    from flowdppo.shapes.pretrain import PretrainConfig, pretrain
 
     assert _category_weights(None) is None
     assert _category_weights(["position=3", "counting=0.5"]) == {"position": 3.0, "counting": 0.5}
-    for bad, says in (
-        ("positions=3", "CATEGORY=WEIGHT"),
-        ("position", "CATEGORY=WEIGHT"),
-        ("position=-1", "number >= 0"),
-        ("position=x", "number >= 0"),
-    ):
-        with pytest.raises(SystemExit, match=says):
-            _category_weights([bad])
     zeros = [f"{c}=0" for c in ("single_object", "colors", "two_object")]
     zeros += [f"{c}=0" for c in ("color_attr", "counting", "position")]
-    with pytest.raises(SystemExit, match="not all be 0"):
-        _category_weights(zeros)
+    for bad, says in (
+        (["positions=3"], "names in"),
+        (["position"], "weights >= 0"),
+        (["position=-1"], "weights >= 0"),
+        (["position=x"], "weights >= 0"),
+        (zeros, "must not all be 0"),
+    ):
+        args = [a for b in bad for a in ("--category-weight", b)]
+        with pytest.raises(ValueError, match=says):  # refused before any step is taken
+            pretrain(tmp_path, PretrainConfig(steps=1, category_weights=_category_weights(bad)))
+        assert main(["shapes", "pretrain", "--out", str(tmp_path / "x"), *args]) == 2
+        assert not (tmp_path / "x" / "pretrain_state.pt").exists()

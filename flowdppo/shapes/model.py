@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -210,14 +211,14 @@ class ShapesFlowModel(nn.Module):
         txt = self.text_proj(text) + self.txt_type  # [B, L, W]
         h = torch.cat([txt, img], dim=1)  # [B, L + 16, W]
         keep = torch.cat([mask, mask.new_ones(b, img.shape[1])], dim=1)[:, None, None, :]
-        if self.block_dtype is None:
+        with (
+            nullcontext()
+            if self.block_dtype is None
+            else torch.autocast(h.device.type, dtype=self.block_dtype)
+        ):
             for blk in self.blocks:
                 h = blk(h, c, keep)
-        else:
-            with torch.autocast(h.device.type, dtype=self.block_dtype):
-                for blk in self.blocks:
-                    h = blk(h, c, keep)
-            h = h.float()
+        h = h.float()  # a no-op in float32
         shift, scale = self.out_ada(F.silu(c))[:, None].chunk(2, dim=-1)
         h = self.out_norm(h[:, txt.shape[1] :]) * (1 + scale) + shift  # [B, 16, W]
         p = self.unpatch(h).view(b, GRID, GRID, cs, CELL, CELL)  # [B, row, col, cs, y, x]

@@ -71,6 +71,25 @@ class PretrainConfig:
     sample_guidance_scale: float = 3.0
 
 
+def _check_recipe(cfg: PretrainConfig) -> None:
+    """Refuse settings the batches cannot be drawn with, naming the field and the flag."""
+    if cfg.prior_batch < 0 or cfg.prior_scenes < 1:
+        raise ValueError(
+            f"prior_batch must be >= 0 and prior_scenes >= 1, got {cfg.prior_batch} and "
+            f"{cfg.prior_scenes} (--prior-batch, --prior-scenes)"
+        )
+    w = cfg.category_weights
+    if w is None:
+        return
+    if set(w) - set(CATEGORIES) or any(not x >= 0 for x in w.values()):
+        raise ValueError(
+            f"category_weights (--category-weight): names in {CATEGORIES} with weights >= 0, "
+            f"got {w}"
+        )
+    if sum(w.get(c, 1.0) for c in CATEGORIES) <= 0:
+        raise ValueError(f"category_weights (--category-weight): must not all be 0, got {w}")
+
+
 def lr_at(step: int, cfg: PretrainConfig) -> float:
     """Linear warm-up, then cosine decay to ``lr * final_lr_frac``."""
     if step < cfg.warmup_steps:
@@ -123,6 +142,15 @@ def make_prior_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[Prom
     return eps, [s.text for s in specs], target
 
 
+def prior_loss(
+    model: ShapesFlowModel, eps: torch.Tensor, prompts: list[str], mean_x0: torch.Tensor
+) -> torch.Tensor:
+    """The σ = 1 prior term ``||v_θ(ε, 1, prompt) - (ε - mean x0)||²`` (module docstring)."""
+    cond = model.encode_text(tokenize(prompts, model.cfg.max_tokens))
+    v = model(eps, torch.ones(len(prompts)), cond["text"], cond["mask"])
+    return (v - (eps - mean_x0)).pow(2).mean()
+
+
 def _load_init(path: str, model_cfg: ShapesModelConfig) -> dict[str, torch.Tensor]:
     """Float32 weights of a Shapes checkpoint whose architecture must equal ``model_cfg``."""
     model, _ = load_checkpoint(path)
@@ -153,11 +181,7 @@ def pretrain(
 ) -> Path:
     """Train (or resume) into ``out``; returns the path of the final ``model.safetensors``."""
     cfg, model_cfg = cfg or PretrainConfig(), model_cfg or ShapesModelConfig()
-    if cfg.prior_batch < 0 or cfg.prior_scenes < 1:
-        raise ValueError(
-            f"prior_batch must be >= 0 and prior_scenes >= 1, got {cfg.prior_batch} and "
-            f"{cfg.prior_scenes} (--prior-batch, --prior-scenes)"
-        )
+    _check_recipe(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -202,11 +226,7 @@ def pretrain(
         v = model((1 - s) * x0 + s * eps, sigma, cond["text"], cond["mask"])
         loss = (v - (eps - x0)).pow(2).mean()
         if cfg.prior_batch > 0:
-            eps_p, prompts_p, mean_x0 = make_prior_batch(step, cfg, by_cat)
-            cond_p = model.encode_text(tokenize(prompts_p, model_cfg.max_tokens))
-            ones = torch.ones(cfg.prior_batch)
-            v_p = model(eps_p, ones, cond_p["text"], cond_p["mask"])
-            loss_prior = (v_p - (eps_p - mean_x0)).pow(2).mean()
+            loss_prior = prior_loss(model, *make_prior_batch(step, cfg, by_cat))
             loss = loss + cfg.prior_weight * loss_prior
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ from flowdppo.shapes.prompts import parse_prompt
 from flowdppo.shapes.render import render_uint8
 from flowdppo.shapes.world import COLORS, SHAPES, Scenes, place_object
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "shapes_failures.py"
+_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(_DIR))  # the benchmark imports its sibling shapes_base_skills
+_PATH = _DIR / "shapes_failures.py"
 _spec = importlib.util.spec_from_file_location("shapes_failures", _PATH)
 assert _spec is not None and _spec.loader is not None
 failures = importlib.util.module_from_spec(_spec)

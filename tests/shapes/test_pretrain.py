@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from flowdppo.shapes import pretrain as pt
-from flowdppo.shapes.model import ShapesModelConfig
+from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig
 from flowdppo.shapes.prompts import CATEGORIES, load_split, sample_scenes
 from flowdppo.shapes.render import render
 from flowdppo.shapes.world import BACKGROUND, PALETTE
@@ -176,3 +176,13 @@ def test_resuming_with_another_architecture_is_refused(tmp_path):
         pt.pretrain(tmp_path, longer, skip)
     pt.pretrain(tmp_path, longer, TINY)  # the same architecture resumes
     assert torch.load(tmp_path / "pretrain_state.pt", weights_only=True)["step"] == 2
+
+
+def test_prior_loss_against_its_closed_form_at_initialisation():
+    # With the velocity skip a fresh model's v is σ·x exactly (zero head), so at σ = 1 and
+    # x = ε: ||ε - (ε - mean x0)||² = ||mean x0||², whatever ε is.
+    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    model = ShapesFlowModel(ShapesModelConfig(**{**TINY.to_dict(), "velocity_skip": True}))
+    eps, prompts, mean_x0 = pt.make_prior_batch(0, pt.PretrainConfig(prior_batch=4), by_cat)
+    expected = mean_x0.pow(2).mean()
+    torch.testing.assert_close(pt.prior_loss(model, eps, prompts, mean_x0), expected)
