@@ -206,6 +206,9 @@ def _shapes_pretrain(a: argparse.Namespace) -> int:
         category_weights=_category_weights(a.category_weight),
         prior_batch=a.prior_batch,
         prior_scenes=a.prior_scenes,
+        prior_weight=a.prior_weight,
+        prior_categories=a.prior_category,
+        flow_weight=a.flow_weight,
     )
     from flowdppo.shapes.model import ShapesModelConfig
 
@@ -347,6 +350,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=PretrainConfig.prior_scenes,
         help="renders averaged into each prior target",
+    )
+    sp.add_argument(
+        "--prior-weight",
+        type=float,
+        default=PretrainConfig.prior_weight,
+        help="weight of the prior term beside the flow-matching loss",
+    )
+    sp.add_argument(
+        "--prior-category",
+        action="append",
+        metavar="CATEGORY",
+        help="draw the prior term's prompts from this category only (repeatable; default: "
+        "like the main batch)",
+    )
+    sp.add_argument(
+        "--flow-weight",
+        type=float,
+        default=PretrainConfig.flow_weight,
+        help="weight of the flow-matching loss (0: the prior term alone)",
     )
     sp.set_defaults(func=_shapes_pretrain)
     se = sh.add_parser(

@@ -181,3 +181,22 @@ def test_pretrain_category_weights_are_parsed_and_checked(tmp_path) -> None:
             pretrain(tmp_path, PretrainConfig(steps=1, category_weights=_category_weights(bad)))
         assert main(["shapes", "pretrain", "--out", str(tmp_path / "x"), *args]) == 2
         assert not (tmp_path / "x" / "pretrain_state.pt").exists()
+
+
+def test_shapes_pretrain_passes_the_prior_term_flags(tmp_path, monkeypatch):
+    from flowdppo import cli
+    from flowdppo.shapes import pretrain as pt
+
+    seen = {}
+    monkeypatch.setattr(pt, "pretrain", lambda out, cfg, model_cfg: seen.update(cfg=cfg) or out)
+    args = ["shapes", "pretrain", "--out", str(tmp_path), "--prior-batch", "8"]
+    args += ["--prior-category", "position", "--prior-category", "counting"]
+    args += ["--prior-weight", "4", "--flow-weight", "0"]
+    assert cli.main(args) == 0
+    cfg = seen["cfg"]
+    assert (cfg.prior_batch, cfg.prior_weight, cfg.flow_weight) == (8, 4.0, 0.0)
+    assert cfg.prior_categories == ["position", "counting"]
+    monkeypatch.undo()
+    bad = ["shapes", "pretrain", "--out", str(tmp_path / "x"), "--prior-batch", "2"]
+    assert cli.main([*bad, "--prior-category", "spatial"]) == 2
+    assert not (tmp_path / "x" / "pretrain_state.pt").exists()

@@ -65,6 +65,12 @@ class PretrainConfig:
     prior_batch: int = 0
     prior_scenes: int = 16
     prior_weight: float = 1.0
+    # Categories the prior term draws its prompts from (uniformly); None = drawn like the main
+    # batch. ["position"] spends the term where the prior depends on the prompt's word order.
+    prior_categories: list[str] | None = None
+    # Weight of the flow-matching loss; 0 trains on the prior term alone (a staged recipe: the
+    # σ = 1 layout prior first, docs/tuning.md, Session 7), skipping the main batch entirely.
+    flow_weight: float = 1.0
     # Recommended sampling of the result, written into the checkpoint's metadata (chosen by
     # evaluating shift × CFG on the test prompts; see docs/shapes.md, "The base model").
     sample_shift: float = 1.0
@@ -77,6 +83,22 @@ def _check_recipe(cfg: PretrainConfig) -> None:
         raise ValueError(
             f"prior_batch must be >= 0 and prior_scenes >= 1, got {cfg.prior_batch} and "
             f"{cfg.prior_scenes} (--prior-batch, --prior-scenes)"
+        )
+    if cfg.flow_weight < 0 or cfg.prior_weight < 0:
+        raise ValueError(
+            f"flow_weight and prior_weight must be >= 0, got {cfg.flow_weight} and "
+            f"{cfg.prior_weight} (--flow-weight, --prior-weight)"
+        )
+    if cfg.flow_weight == 0 and (cfg.prior_batch == 0 or cfg.prior_weight == 0):
+        raise ValueError(
+            "flow_weight (--flow-weight) is 0 and the prior term is off (--prior-batch, "
+            "--prior-weight): nothing to train on"
+        )
+    if cfg.prior_categories is not None and (
+        not cfg.prior_categories or set(cfg.prior_categories) - set(CATEGORIES)
+    ):
+        raise ValueError(
+            f"prior_categories (--prior-category): names in {CATEGORIES}, got {cfg.prior_categories}"
         )
     w = cfg.category_weights
     if w is None:
@@ -101,13 +123,16 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 
 def _draw_prompts(
-    rng: np.random.Generator, n: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec]]
+    rng: np.random.Generator,
+    n: int,
+    weights: dict[str, float] | None,
+    by_cat: dict[str, list[PromptSpec]],
 ) -> list[PromptSpec]:
-    """n training prompts: a category each (uniform, or by ``category_weights``), then a prompt."""
-    if cfg.category_weights is None:
+    """n training prompts: a category each (uniform, or by ``weights``), then a prompt."""
+    if weights is None:
         cats = rng.integers(0, len(CATEGORIES), n)
     else:
-        w = np.array([cfg.category_weights.get(c, 1.0) for c in CATEGORIES], dtype=np.float64)
+        w = np.array([weights.get(c, 1.0) for c in CATEGORIES], dtype=np.float64)
         cats = rng.choice(len(CATEGORIES), size=n, p=w / w.sum())
     return [by_cat[CATEGORIES[c]][rng.integers(len(by_cat[CATEGORIES[c]]))] for c in cats]
 
@@ -115,7 +140,7 @@ def _draw_prompts(
 def make_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec]]):
     """The training batch of ``step``: (x0 [B,3,32,32] in [-1,1], prompts, eps, sigma)."""
     rng = np.random.default_rng([cfg.seed, step])
-    specs = _draw_prompts(rng, cfg.batch_size, cfg, by_cat)
+    specs = _draw_prompts(rng, cfg.batch_size, cfg.category_weights, by_cat)
     x0 = render(sample_scenes(specs, rng)) * 2 - 1
     drop = rng.random(cfg.batch_size) < cfg.p_uncond
     prompts = ["" if d else s.text for s, d in zip(specs, drop, strict=True)]
@@ -128,12 +153,16 @@ def make_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec
 def make_prior_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec]]):
     """The σ = 1 prior batch of ``step``: (ε [P,3,32,32], prompts, mean x0 [P,3,32,32] in [-1,1]).
 
-    Prompts are drawn like the main batch's (category weights included, never dropped); the
+    Prompts are drawn like the main batch's (category weights included, never dropped), or
+    uniformly from ``prior_categories`` when it is set; the
     target of each is the mean of ``prior_scenes`` fresh renders. A pure function of (seed, step),
     from a stream of its own, so the main batch is the same with the term on or off.
     """
     rng = np.random.default_rng([cfg.seed, step, 1])
-    specs = _draw_prompts(rng, cfg.prior_batch, cfg, by_cat)
+    weights = cfg.category_weights
+    if cfg.prior_categories is not None:
+        weights = {c: float(c in cfg.prior_categories) for c in CATEGORIES}
+    specs = _draw_prompts(rng, cfg.prior_batch, weights, by_cat)
     k = cfg.prior_scenes
     x0 = render(sample_scenes([s for s in specs for _ in range(k)], rng)) * 2 - 1
     target = x0.view(len(specs), k, *x0.shape[1:]).mean(1)
@@ -220,11 +249,13 @@ def pretrain(
     last_save, t0 = time.time(), time.time()
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step")
     while step < cfg.steps:
-        x0, prompts, eps, sigma = make_batch(step, cfg, by_cat)
-        s = sigma[:, None, None, None]
-        cond = model.encode_text(tokenize(prompts, model_cfg.max_tokens))
-        v = model((1 - s) * x0 + s * eps, sigma, cond["text"], cond["mask"])
-        loss = (v - (eps - x0)).pow(2).mean()
+        loss = torch.zeros(())
+        if cfg.flow_weight > 0:
+            x0, prompts, eps, sigma = make_batch(step, cfg, by_cat)
+            s = sigma[:, None, None, None]
+            cond = model.encode_text(tokenize(prompts, model_cfg.max_tokens))
+            v = model((1 - s) * x0 + s * eps, sigma, cond["text"], cond["mask"])
+            loss = cfg.flow_weight * (v - (eps - x0)).pow(2).mean()
         if cfg.prior_batch > 0:
             loss_prior = prior_loss(model, *make_prior_batch(step, cfg, by_cat))
             loss = loss + cfg.prior_weight * loss_prior

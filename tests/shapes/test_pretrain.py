@@ -186,3 +186,60 @@ def test_prior_loss_against_its_closed_form_at_initialisation():
     eps, prompts, mean_x0 = pt.make_prior_batch(0, pt.PretrainConfig(prior_batch=4), by_cat)
     expected = mean_x0.pow(2).mean()
     torch.testing.assert_close(pt.prior_loss(model, eps, prompts, mean_x0), expected)
+
+
+def test_prior_categories_restrict_the_prior_batch_only():
+    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    text_cat = {s.text: s.category for s in load_split("train")}
+    cfg = pt.PretrainConfig(prior_batch=64, prior_scenes=1, prior_categories=["position"])
+    assert {text_cat[p] for p in pt.make_prior_batch(0, cfg, by_cat)[1]} == {"position"}
+    two = pt.PretrainConfig(prior_batch=64, prior_scenes=1, prior_categories=["counting", "colors"])
+    assert {text_cat[p] for p in pt.make_prior_batch(0, two, by_cat)[1]} == {"counting", "colors"}
+    # Unset: the prior batch is drawn like the main batch, as before the option existed.
+    plain = pt.PretrainConfig(prior_batch=64, prior_scenes=1)
+    assert len({text_cat[p] for p in pt.make_prior_batch(0, plain, by_cat)[1]}) == len(CATEGORIES)
+    # The main batch does not depend on it.
+    assert pt.make_batch(0, cfg, by_cat)[1] == pt.make_batch(0, plain, by_cat)[1]
+
+
+def test_flow_weight_zero_trains_on_the_prior_term_alone(tmp_path, monkeypatch):
+    cfg = pt.PretrainConfig(
+        steps=2,
+        batch_size=4,
+        warmup_steps=1,
+        prior_batch=2,
+        prior_scenes=3,
+        flow_weight=0.0,
+        prior_categories=["position"],
+    )
+
+    def no_main_batch(*args):
+        raise AssertionError("the main batch is drawn although flow_weight is 0")
+
+    monkeypatch.setattr(pt, "make_batch", no_main_batch)
+    pt.pretrain(tmp_path / "prior_only", cfg, TINY)
+    # The logged loss of step 1 is the prior term of the initial model on step 0's prior batch.
+    torch.manual_seed(cfg.seed)
+    model = ShapesFlowModel(TINY)
+    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    with torch.no_grad():
+        expected = pt.prior_loss(model, *pt.make_prior_batch(0, cfg, by_cat)).item()
+    logged = json.loads((tmp_path / "prior_only" / "pretrain_log.jsonl").open().readline())
+    assert logged["loss"] == pytest.approx(expected, rel=1e-6)
+    assert logged["loss_prior"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"flow_weight": -1.0}, "--flow-weight"),
+        ({"prior_weight": -1.0, "prior_batch": 2}, "--prior-weight"),
+        ({"flow_weight": 0.0}, "nothing to train on"),
+        ({"prior_batch": 2, "prior_categories": ["spatial"]}, "--prior-category"),
+        ({"prior_batch": 2, "prior_categories": []}, "--prior-category"),
+    ],
+)
+def test_bad_loss_weights_and_prior_categories_are_refused(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        pt.pretrain(tmp_path, pt.PretrainConfig(steps=1, **bad), TINY)
+    assert not (tmp_path / "pretrain_state.pt").exists()
