@@ -21,9 +21,9 @@ Test position prompts whose two colours differ; about 20 s on one thread.
 
 ``--fit-steps N`` first trains the checkpoint (all weights, Adam ``--fit-lr``) on pretraining's
 σ = 1 prior term alone (``flowdppo.shapes.pretrain.prior_loss``): 32 training position prompts
-per step, each with the mean of 16 renders as its target (the least noisy form of the layout
-prior's loss), and reports the separation on ``--split``
-every ``N // 5`` steps: whether the model *can* learn the relation's prior when nothing else
+per step, each with the mean of ``--fit-scenes`` renders (16) as its target (the least noisy
+form of the layout prior's loss), and reports the separation on ``--split``
+``--fit-reports`` times (5): whether the model *can* learn the relation's prior when nothing else
 competes for it.
 """
 
@@ -94,14 +94,13 @@ def model_mean(policy, spec: PromptSpec, n: int, seed: int, guidance: float) -> 
     return policy.decode(x - v).mean(0).double().cpu().numpy()
 
 
-def fit_prior(policy, steps: int, lr: float, report, seed: int = 0) -> None:
+def fit_prior(
+    policy, steps: int, lr: float, report, scenes: int = 16, reports: int = 5, seed: int = 0
+) -> None:
     """Train ``policy.model`` on pretraining's σ = 1 prior term alone, position prompts only."""
     model = policy.model.requires_grad_(True)  # every weight, the text encoder's included
     cfg = PretrainConfig(
-        seed=seed,
-        prior_batch=32,
-        prior_scenes=16,
-        category_weights={c: float(c == "position") for c in CATEGORIES},
+        seed=seed, prior_batch=32, prior_scenes=scenes, prior_categories=["position"]
     )
     by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -111,7 +110,7 @@ def fit_prior(policy, steps: int, lr: float, report, seed: int = 0) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % max(1, steps // 5) == 0:
+        if step % max(1, steps // reports) == 0:
             model.eval()
             report(f"fit step {step}: loss {loss.item():.5f}")
             model.train()
@@ -128,6 +127,8 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=("train", "test"))
     ap.add_argument("--fit-steps", type=int, default=0, help="train on the σ = 1 term first")
     ap.add_argument("--fit-lr", type=float, default=1e-3)
+    ap.add_argument("--fit-scenes", type=int, default=16, help="renders per prior target")
+    ap.add_argument("--fit-reports", type=int, default=5, help="reports during the fit")
     a = ap.parse_args()
     if a.fit_steps and a.guidance != 1.0:
         ap.error("--fit-steps measures the network at CFG 1; drop --guidance")
@@ -158,7 +159,14 @@ def main() -> None:
 
     report("")
     if a.fit_steps:
-        fit_prior(policy, a.fit_steps, a.fit_lr, lambda p: report(p + ", "))
+        fit_prior(
+            policy,
+            a.fit_steps,
+            a.fit_lr,
+            lambda p: report(p + ", "),
+            scenes=a.fit_scenes,
+            reports=a.fit_reports,
+        )
 
 
 if __name__ == "__main__":

@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--velocity-skip",
         action="store_true",
-        help="model v = σ·x + network (ShapesModelConfig.velocity_skip); from scratch only",
+        help="model v = σ·x + network (ShapesModelConfig.velocity_skip); with --init, the init must have it too",
     )
     sp.add_argument(
         "--prior-batch",
