@@ -25,6 +25,9 @@ per step, each with the mean of ``--fit-scenes`` renders (16) as its target (the
 form of the layout prior's loss), and reports the separation on ``--split``
 ``--fit-reports`` times (5): whether the model *can* learn the relation's prior when nothing else
 competes for it.
+
+``--figure PATH`` draws, for the first ``--figure-prompts`` prompts, the world's and the model's
+mean image at σ = 1 for the prompt and for its mirror (the opposite relation).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from shapes_base_skills import load_policy
 
 from flowdppo.shapes.model import tokenize
 from flowdppo.shapes.pretrain import PretrainConfig, make_prior_batch, prior_loss
-from flowdppo.shapes.prompts import CATEGORIES, PromptSpec, load_split, sample_scenes
+from flowdppo.shapes.prompts import CATEGORIES, PromptSpec, load_split, parse_prompt, sample_scenes
 from flowdppo.shapes.render import render
 from flowdppo.shapes.world import BACKGROUND, PALETTE
 
@@ -94,6 +97,32 @@ def model_mean(policy, spec: PromptSpec, n: int, seed: int, guidance: float) -> 
     return policy.decode(x - v).mean(0).double().cpu().numpy()
 
 
+MIRROR = {
+    "to the left of": "to the right of",
+    "to the right of": "to the left of",
+    "above": "below",
+    "below": "above",
+}
+
+
+def save_figure(policy, specs: list[PromptSpec], n: int, path: str, samples: int) -> None:
+    """Rows of [world, model] mean images at σ = 1 for a prompt and for the same prompt with the
+    opposite relation: a model that reads the relation moves the colours; one that does not
+    draws the same two pictures."""
+    from flowdppo.viz import save_grid
+
+    images, captions = [], []
+    for i, spec in enumerate(specs[:n]):
+        rel = spec.relation
+        assert rel is not None
+        mirror = parse_prompt(spec.text.replace(rel, MIRROR[rel]))
+        for s in (spec, mirror):
+            images += [world_mean(s, samples, i), model_mean(policy, s, samples, i, 1.0)]
+            captions += [f"world: {s.text}", f"model: {s.text}"]
+    grid = torch.from_numpy(np.stack(images)).float()
+    print(f"figure: {save_grid(grid, captions, path, cols=4, cell=96)}")
+
+
 def fit_prior(
     policy, steps: int, lr: float, report, scenes: int = 16, reports: int = 5, seed: int = 0
 ) -> None:
@@ -127,6 +156,8 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=("train", "test"))
     ap.add_argument("--fit-steps", type=int, default=0, help="train on the σ = 1 term first")
     ap.add_argument("--fit-lr", type=float, default=1e-3)
+    ap.add_argument("--figure", default=None, help="PNG of world vs model priors (at the end)")
+    ap.add_argument("--figure-prompts", type=int, default=3)
     ap.add_argument("--fit-scenes", type=int, default=16, help="renders per prior target")
     ap.add_argument("--fit-reports", type=int, default=5, help="reports during the fit")
     a = ap.parse_args()
@@ -167,6 +198,8 @@ def main() -> None:
             scenes=a.fit_scenes,
             reports=a.fit_reports,
         )
+    if a.figure:
+        save_figure(policy, specs, a.figure_prompts, a.figure, a.samples)
 
 
 if __name__ == "__main__":
