@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--fit-steps", type=int, default=0, help="train on the σ = 1 term first")
     ap.add_argument("--fit-lr", type=float, default=1e-3)
     ap.add_argument("--figure", default=None, help="PNG of world vs model priors (at the end)")
-    ap.add_argument("--figure-prompts", type=int, default=3)
+    ap.add_argument("--figure-prompts", type=int, default=3, help="prompts in the figure")
     ap.add_argument("--fit-scenes", type=int, default=16, help="renders per prior target")
     ap.add_argument("--fit-reports", type=int, default=5, help="reports during the fit")
     a = ap.parse_args()

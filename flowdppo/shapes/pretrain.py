@@ -13,6 +13,9 @@ relation word lowers the σ = 1 loss by 1.4%, so the base never learned it), and
 ``prior_scenes`` renders of the prompt is the same target with that many times less variance.
 The term ``||v_θ(ε, 1, prompt) - (ε - mean x0)||²`` on ``prior_batch`` prompts per step has the
 same minimiser as the flow-matching loss; it only lowers the variance of its gradient there.
+``prior_categories`` draws its prompts from some categories only (``["position"]``: where the
+prior depends on word order), and ``flow_weight`` = 0 trains on the term alone: the first stage
+of the recipe that gives a base the relation (docs/shapes.md, "A base that reads the relation").
 """
 
 from __future__ import annotations
