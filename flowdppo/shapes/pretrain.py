@@ -174,13 +174,26 @@ def make_prior_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[Prom
     return eps, [s.text for s in specs], target
 
 
+def flow_loss(
+    model: ShapesFlowModel,
+    x0: torch.Tensor,
+    prompts: list[str],
+    eps: torch.Tensor,
+    sigma: torch.Tensor,
+) -> torch.Tensor:
+    """The rectified-flow loss ``||v_θ(x_σ, σ, prompt) - (ε - x0)||²``, x_σ = (1-σ)·x0 + σ·ε."""
+    s = sigma[:, None, None, None]
+    cond = model.encode_text(tokenize(prompts, model.cfg.max_tokens))
+    v = model((1 - s) * x0 + s * eps, sigma, cond["text"], cond["mask"])
+    return (v - (eps - x0)).pow(2).mean()
+
+
 def prior_loss(
     model: ShapesFlowModel, eps: torch.Tensor, prompts: list[str], mean_x0: torch.Tensor
 ) -> torch.Tensor:
-    """The σ = 1 prior term ``||v_θ(ε, 1, prompt) - (ε - mean x0)||²`` (module docstring)."""
-    cond = model.encode_text(tokenize(prompts, model.cfg.max_tokens))
-    v = model(eps, torch.ones(len(prompts)), cond["text"], cond["mask"])
-    return (v - (eps - mean_x0)).pow(2).mean()
+    """The σ = 1 prior term ``||v_θ(ε, 1, prompt) - (ε - mean x0)||²`` (module docstring): the
+    flow loss at σ = 1 (where x_σ = ε) with the mean of renders for x0."""
+    return flow_loss(model, mean_x0, prompts, eps, torch.ones(len(prompts)))
 
 
 def _load_init(path: str, model_cfg: ShapesModelConfig) -> dict[str, torch.Tensor]:
@@ -254,11 +267,7 @@ def pretrain(
     while step < cfg.steps:
         loss = torch.zeros(())
         if cfg.flow_weight > 0:
-            x0, prompts, eps, sigma = make_batch(step, cfg, by_cat)
-            s = sigma[:, None, None, None]
-            cond = model.encode_text(tokenize(prompts, model_cfg.max_tokens))
-            v = model((1 - s) * x0 + s * eps, sigma, cond["text"], cond["mask"])
-            loss = cfg.flow_weight * (v - (eps - x0)).pow(2).mean()
+            loss = cfg.flow_weight * flow_loss(model, *make_batch(step, cfg, by_cat))
         if cfg.prior_batch > 0:
             loss_prior = prior_loss(model, *make_prior_batch(step, cfg, by_cat))
             loss = loss + cfg.prior_weight * loss_prior

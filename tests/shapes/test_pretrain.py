@@ -243,3 +243,17 @@ def test_bad_loss_weights_and_prior_categories_are_refused(tmp_path, bad, match)
     with pytest.raises(ValueError, match=match):
         pt.pretrain(tmp_path, pt.PretrainConfig(steps=1, **bad), TINY)
     assert not (tmp_path / "pretrain_state.pt").exists()
+
+
+def test_flow_loss_against_its_closed_form_at_initialisation():
+    # A fresh velocity-skip model's v is σ·x exactly, so the loss is
+    # mean((σ·x_σ - (ε - x0))²) with x_σ = (1 - σ)·x0 + σ·ε, computed here by hand per sample.
+    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    model = ShapesFlowModel(ShapesModelConfig(**{**TINY.to_dict(), "velocity_skip": True}))
+    x0, prompts, eps, sigma = pt.make_batch(0, pt.PretrainConfig(batch_size=5), by_cat)
+    per_sample = [
+        ((sg * ((1 - sg) * a + sg * e) - (e - a)) ** 2).mean()
+        for a, e, sg in zip(x0, eps, sigma.tolist(), strict=True)
+    ]
+    expected = torch.stack(per_sample).mean()
+    torch.testing.assert_close(pt.flow_loss(model, x0, prompts, eps, sigma), expected)
