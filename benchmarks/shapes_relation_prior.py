@@ -97,11 +97,12 @@ def model_mean(policy, spec: PromptSpec, n: int, seed: int, guidance: float) -> 
     return policy.decode(x - v).mean(0).double().cpu().numpy()
 
 
+# The opposite relation: the same axis, the other sign.
 MIRROR = {
-    "to the left of": "to the right of",
-    "to the right of": "to the left of",
-    "above": "below",
-    "below": "above",
+    r: o
+    for r, (ax, sg) in AXIS.items()
+    for o, (ax2, sg2) in AXIS.items()
+    if (ax2, sg2) == (ax, -sg)
 }
 
 

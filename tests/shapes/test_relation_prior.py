@@ -48,3 +48,14 @@ def test_separation_of_the_world_prior_has_the_closed_form_size_and_sign():
     # A layout that ignores the relation (left and right mixed) scores about 0.
     mixed = (mean_left + prior.world_mean(right, 2000, 2)) / 2
     assert abs(prior.separation(mixed, left)) < 0.7
+
+
+@pytest.mark.parametrize("relation", list(prior.AXIS))
+def test_mirror_is_the_opposite_relation(relation):
+    # The world's mean for the mirrored prompt, read with the original relation, points the
+    # other way by the closed-form separation.
+    spec = parse_prompt(f"a red circle {relation} a blue square")
+    mirror = parse_prompt(f"a red circle {prior.MIRROR[relation]} a blue square")
+    assert prior.MIRROR[prior.MIRROR[relation]] == relation != prior.MIRROR[relation]
+    sep = prior.separation(prior.world_mean(mirror, 1000, 3), spec)
+    assert sep == pytest.approx(-8 * 5 / 3, abs=1.0)
