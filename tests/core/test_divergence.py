@@ -47,6 +47,32 @@ def test_kl_matches_monte_carlo_estimate():
     assert mc == pytest.approx(exact, abs=0.01)  # MC standard error d/s/sqrt(n) = 0.0016
 
 
+def test_log_ratio_of_one_action_is_a_noisy_one_sample_kl_estimate():
+    """ALGORITHM.md §7, as benchmarks/shapes_ratio_vs_kl.py uses it: for x ~ N(μ_old, s²I) in D
+    dimensions (the mean reduction), log ρ = log N(x; μ_θ) - log N(x; μ_old) has mean -KL and
+    standard deviation sqrt(2·KL/D), KL = |Δμ|²/(2s²D); at an RL-sized KL the noise is ≫ KL."""
+    from flowdppo.core.sde import gaussian_log_prob
+
+    g = torch.Generator().manual_seed(0)
+    n, dim, s = 20_000, 3072, 0.7
+    mu_old = torch.randn(1, dim, generator=g, dtype=torch.float64)
+    mu_new = mu_old + 2e-4 * torch.randn(1, dim, generator=g, dtype=torch.float64)
+    x = mu_old + s * torch.randn(n, dim, generator=g, dtype=torch.float64)
+    # float64 by hand: gaussian_log_prob computes in float32, whose rounding of the two
+    # log-densities (≈ 1e-7 apart here) is the size of the effect being measured
+    log_rho = ((x - mu_old) ** 2 - (x - mu_new) ** 2).mean(1) / (2 * s * s)
+    kl = gaussian_kl(mu_old, mu_new, s, "mean").item()
+    assert kl == pytest.approx(((mu_new - mu_old) ** 2).sum().item() / (2 * s * s * dim), rel=1e-5)
+    assert log_rho.mean().item() == pytest.approx(-kl, abs=4 * math.sqrt(2 * kl / dim / n))
+    assert log_rho.std().item() == pytest.approx(math.sqrt(2 * kl / dim), rel=0.03)
+    assert log_rho.std().item() > 10 * kl  # the estimate's noise dwarfs what it estimates
+    # and the library's own log-density agrees with the float64 formula to float32 resolution
+    lp = gaussian_log_prob(x[:4], mu_new.expand(4, -1), s) - gaussian_log_prob(
+        x[:4], mu_old.expand(4, -1), s
+    )
+    torch.testing.assert_close(lp.double(), log_rho[:4], atol=2e-6, rtol=0)
+
+
 def test_tv_matches_numerical_integral_along_the_mean_difference():
     """The Gaussians differ only along Δμ: TV = ∫ |N(t; 0, s²) - N(t; ||Δμ||, s²)| / 2 dt."""
     p, q = _means((2, 3, 4), scale=0.4)
