@@ -17,12 +17,19 @@ group advantages, the on-policy Flow-DPPO gradient = REINFORCE) of the LoRA para
 base model. With g_i = s + noise_i: |s|² = (n |mean g|² − mean |g_i|²) / (n − 1) and the noise
 variance tr Σ = mean |g_i|² − |s|², so the gradient noise scale B = samples per estimate × tr Σ /
 |s|² is the batch (in samples) at which one estimate's signal equals its noise (McCandlish et
-al., 2018). An optimizer step on far fewer samples than B is mostly noise.
+al., 2018). An optimizer step on far fewer samples than B is mostly noise. From the same
+rollouts, optionally: the gradient of the log-prob of block-averaged (low-frequency) coordinates
+only (``--lowpass``: is the noise in the pixel dimensions the reward ignores?), LoRA on other
+target modules (``--lora-targets``), and full fine-tuning with B per parameter group
+(``--by-group``: where in the network the signal is shared across samples).
 
     .venv/bin/python benchmarks/shapes_gradient_noise.py attribution
     .venv/bin/python benchmarks/shapes_gradient_noise.py per-step --categories two_object color_attr position counting
     .venv/bin/python benchmarks/shapes_gradient_noise.py noise-scale --n 24 --reward tifa object_size
     .venv/bin/python benchmarks/shapes_gradient_noise.py noise-scale --n 24 --categories counting
+    .venv/bin/python benchmarks/shapes_gradient_noise.py noise-scale --n 24 --threads 1 \
+        --categories counting two_object color_attr --lowpass 8 4 2 --by-group \
+        --lora-targets qkv,proj,ada qkv,proj,ada,pool_mlp.0,pool_mlp.2 ada,pool_mlp.0,pool_mlp.2
 """
 
 from __future__ import annotations
@@ -103,6 +110,31 @@ def per_step(policy, eta: float, cats: tuple[str, ...], n: int = 16, m: int = 8)
         )
 
 
+def _lowpass_log_prob(x_next, mean, std, block: int):
+    """Per-dimension mean log-density (up to a constant) of the block-averaged coordinates of
+    x_{k+1}: the orthonormal block coordinates ``block · avgpool_block(x)`` of white noise are
+    white, so they are an exact Gaussian policy N(P μ, s² I) of their own."""
+    d = torch.nn.functional.avg_pool2d(x_next - mean, block) * block
+    return -(d**2).flatten(1).mean(1) / (2 * std**2)
+
+
+def _param_group(name: str) -> str:
+    """A parameter's group: its module path with the block index dropped (blocks.3.qkv → blocks.qkv)."""
+    parts = [p for p in name.split(".")[:-1] if not p.isdigit()]
+    return ".".join(parts) or name
+
+
+def _report(label: str, gs: torch.Tensor, samples: int) -> str:
+    n = gs.shape[0]
+    sq = (gs**2).sum(1).mean()
+    signal = (n * (gs.mean(0) ** 2).sum() - sq) / (n - 1)
+    trace = sq - signal
+    scale = f"{float(samples * trace / signal):,.0f}" if signal > 0 else "no measurable signal"
+    return (
+        f"{label}: {gs.shape[1]:,} parameters, |s|^2/trΣ {float(signal / trace):+.3f}, B ≈ {scale}"
+    )
+
+
 def noise_scale(
     policy,
     reward: str,
@@ -113,13 +145,27 @@ def noise_scale(
     group_noise: str = "independent",
     p: int = 8,
     g: int = 8,
+    lowpass: tuple[int, ...] = (),
+    lora_targets: tuple[str, ...] = (),
+    by_group: bool = False,
 ):
+    """B of the default LoRA gradient and, from the same rollouts, of its variants: the
+    log-prob of block-averaged coordinates only (``lowpass``), other LoRA target sets
+    (``lora_targets``, comma-separated names each), and full fine-tuning per parameter group."""
     specs = [s for s in load_split("train") if s.category in cats]  # every training prompt
-    params = list(policy.trainable_parameters())
+    variants: list[tuple[str, ShapesPolicy, int]] = [("LoRA (default targets)", policy, 1)]
+    variants += [(f"LoRA, log-prob of {b}x{b} block means", policy, b) for b in lowpass]
+    for t in lora_targets:
+        torch.manual_seed(0)
+        other = ShapesPolicy.from_pretrained(lora_target_modules=t.split(","))
+        variants.append((f"LoRA on {t}", other, 1))
+    if by_group:
+        variants.append(("full fine-tuning", ShapesPolicy.from_pretrained(full_finetune=True), 1))
     rng = np.random.default_rng(0)
-    grads = []
+    grads: dict[str, list[torch.Tensor]] = {}
     for b in range(n):
         picked = [specs[i] for i in rng.choice(len(specs), p, replace=False) for _ in range(g)]
+        texts = [s.text for s in picked]
         gen = torch.Generator().manual_seed(b)
         shape = policy.latent_shape
         if group_noise == "independent":
@@ -133,35 +179,49 @@ def noise_scale(
                 z = torch.randn(p * g // 2, len(steps), *shape, generator=gen)
                 noise = torch.stack([z, -z], 1).flatten(0, 1)
         with torch.no_grad():
-            out, velocity = _rollout(policy, [s.text for s in picked], init, steps, eta, noise)
+            out, _ = _rollout(policy, texts, init, steps, eta, noise)
         sc = score_images(to_uint8(policy.decode(out.latents)), picked)
         scores = {"tifa": sc.tifa, "strict": sc.geneval, "object_size": sc.object_size}
         r = torch.from_numpy(scores[reward])
         adv = group_advantages(r.unsqueeze(1), torch.arange(p).repeat_interleave(g))
-        loss = torch.zeros(())
-        for k in range(len(steps)):
-            new = recompute_step(
-                velocity,
-                out.x[:, k],
-                out.x_next[:, k],
-                out.sigma[k],
-                out.sigma_next[k],
-                sampler="flow_sde",
-                eta=eta,
-            )
-            loss = loss - (adv * new.log_prob).mean()
-        grad = torch.autograd.grad(loss, params)
-        grads.append(torch.cat([x.flatten() for x in grad]).double())
-    gs = torch.stack(grads)
-    sq = (gs**2).sum(1).mean()
-    signal = (n * (gs.mean(0) ** 2).sum() - sq) / (n - 1)
-    trace = sq - signal
-    scale = p * g * trace / signal if signal > 0 else float("inf")
+        for label, pol, block in variants:
+            cond = pol.encode_prompts(texts)
+
+            def velocity(x, s, pol=pol, cond=cond):
+                return pol.velocity(x, s, cond, CFG)
+
+            loss = torch.zeros(())
+            for k in range(len(steps)):
+                new = recompute_step(
+                    velocity,
+                    out.x[:, k],
+                    out.x_next[:, k],
+                    out.sigma[k],
+                    out.sigma_next[k],
+                    sampler="flow_sde",
+                    eta=eta,
+                )
+                lp = (
+                    new.log_prob
+                    if block == 1
+                    else _lowpass_log_prob(out.x_next[:, k], new.mean, new.std, block)
+                )
+                loss = loss - (adv * lp).mean()
+            named = [(k, v) for k, v in pol.model.named_parameters() if v.requires_grad]
+            grad = torch.autograd.grad(loss, [v for _, v in named])
+            grads.setdefault(label, []).append(torch.cat([x.flatten() for x in grad]).double())
+            if label == "full fine-tuning":
+                per: dict[str, list[torch.Tensor]] = {}
+                for (k, _), x in zip(named, grad, strict=True):
+                    per.setdefault(_param_group(k), []).append(x.flatten())
+                for k, xs in per.items():
+                    grads.setdefault(f"  full fine-tuning, {k}", []).append(torch.cat(xs).double())
     print(
-        f"reward {reward:11s} {'+'.join(cats) if len(cats) < 6 else 'all categories'} eta {eta} "
-        f"trained steps {steps} {group_noise} noise: |s|^2/trΣ per {p * g}-sample "
-        f"estimate {float(signal / trace):+.3f}, gradient noise scale B ≈ {float(scale):,.0f} samples"
+        f"reward {reward} {'+'.join(cats) if len(cats) < 6 else 'all categories'} eta {eta} "
+        f"trained steps {steps} {group_noise} noise, {p * g}-sample estimates:"
     )
+    for label, gl in grads.items():
+        print("  " + _report(label, torch.stack(gl), p * g))
 
 
 def main() -> None:
@@ -180,6 +240,24 @@ def main() -> None:
         help="noise within a group: all independent; one initial noise per prompt; and ± pairs",
     )
     ap.add_argument("--n", type=int, default=16, help="gradient estimates (noise-scale)")
+    ap.add_argument(
+        "--lowpass",
+        type=int,
+        nargs="*",
+        default=[],
+        help="noise-scale: also the log-prob of these block sizes' block means (e.g. 8 4 2)",
+    )
+    ap.add_argument(
+        "--lora-targets",
+        nargs="*",
+        default=[],
+        help="noise-scale: also LoRA on these comma-separated target sets (e.g. qkv,proj,ada)",
+    )
+    ap.add_argument(
+        "--by-group",
+        action="store_true",
+        help="noise-scale: also full fine-tuning, with B per parameter group",
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -193,7 +271,16 @@ def main() -> None:
         else:
             for reward in args.reward:
                 noise_scale(
-                    policy, reward, eta, steps, args.n, tuple(args.categories), args.group_noise
+                    policy,
+                    reward,
+                    eta,
+                    steps,
+                    args.n,
+                    tuple(args.categories),
+                    args.group_noise,
+                    lowpass=tuple(args.lowpass),
+                    lora_targets=tuple(args.lora_targets),
+                    by_group=args.by_group,
                 )
 
 
