@@ -20,7 +20,9 @@ against the same old policy). After each update, for every (sample, step) pair: 
 log ρ and the advantage. Reported per update and step index: the mean KL, the mean and standard
 deviation of ρ - 1, the one-sample prediction sqrt(2·KL/D) of that deviation, and which pairs a
 trust region would act on: the ratio clip (ε = 1e-4; §4) and the Flow-DPPO mask (δ = 1e-5).
-``--figure`` draws |ρ - 1| against the KL of every pair, by step.
+``--figure`` draws |ρ - 1| against the KL of every pair, by step. A run is deterministic for a
+given ``--threads``; another thread count rounds the rollouts differently, which flips a few
+discrete rewards and moves the numbers by about 10%.
 
     .venv/bin/python benchmarks/shapes_ratio_vs_kl.py [--iters 3] [--updates 4] [--pool 0 5]
         [--threads 2] [--figure docs/img/ratio_vs_kl.png]
