@@ -130,6 +130,8 @@ def main() -> None:
                 if u == a.updates:
                     points.append(s)
             print(f"iteration {it + 1}/{a.iters} done", flush=True)
+        trainer.logger.close()
+        trainer.pool.shutdown(wait=True)
         for (u, step), parts in sorted(per.items()):
             merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             rows.append((u, step, summarise(merged, d)))
