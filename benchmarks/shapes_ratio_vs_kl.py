@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from flowdppo.config import load_config
-from flowdppo.core import recompute_step
+from flowdppo.core import dppo_drop, gaussian_kl, recompute_step
 from flowdppo.trainer.trainer import Trainer
 
 EPS_CLIP, DELTA = 1e-4, 1e-5
@@ -51,7 +51,6 @@ def pair_stats(trainer: Trainer, exp) -> dict[str, np.ndarray]:
     cfg, policy = trainer.cfg, trainer.policy
     cond = policy.encode_prompts(exp.prompts)
     n, k = exp.std.shape
-    d = math.prod(exp.x.shape[2:])
     out: dict[str, list[np.ndarray]] = {"kl": [], "log_rho": [], "adv": [], "step": []}
     for j in range(k):
         new = recompute_step(
@@ -64,9 +63,8 @@ def pair_stats(trainer: Trainer, exp) -> dict[str, np.ndarray]:
             eta=cfg.sampling.eta,
             reduction="mean",
         )
-        dmu = (new.mean - exp.mean[:, j]).double().flatten(1)
-        kl = (dmu**2).sum(1) / (2 * exp.std[:, j].double() ** 2 * d)
-        out["kl"].append(kl.numpy())
+        kl = gaussian_kl(new.mean, exp.mean[:, j], exp.std[:, j], "mean")
+        out["kl"].append(kl.double().numpy())
         out["log_rho"].append((new.log_prob.double() - exp.log_prob[:, j].double()).numpy())
         out["adv"].append(exp.advantages.double().numpy())
         out["step"].append(np.full(n, int(exp.step_index[j])))
@@ -75,9 +73,9 @@ def pair_stats(trainer: Trainer, exp) -> dict[str, np.ndarray]:
 
 def summarise(s: dict[str, np.ndarray], d: int) -> dict[str, float]:
     rho1 = np.expm1(s["log_rho"])
-    up, down = s["adv"] > 0, s["adv"] < 0
-    clip = (up & (rho1 > EPS_CLIP)) | (down & (rho1 < -EPS_CLIP))
-    mask = (s["kl"] >= DELTA) & ((up & (rho1 > 0)) | (down & (rho1 < 0)))
+    # the ratio clip zeroes a term's gradient when ρ left [1 - ε, 1 + ε] in A's direction
+    clip = ((s["adv"] > 0) & (rho1 > EPS_CLIP)) | ((s["adv"] < 0) & (rho1 < -EPS_CLIP))
+    mask = dppo_drop(*(torch.from_numpy(s[k]) for k in ("kl", "log_rho", "adv")), DELTA).numpy()
     return {
         "kl": float(s["kl"].mean()),
         "rho1_mean": float(rho1.mean()),

@@ -146,6 +146,15 @@ def _ratio_metrics(ratio: Tensor, f: _Flat, reduction: str) -> dict[str, float]:
     }
 
 
+def dppo_drop(div: Tensor, log_ratio: Tensor, adv: Tensor, delta: float) -> Tensor:
+    """Flow-DPPO's mask, per term: ``(D >= delta) AND ((ρ > 1 AND A > 0) OR (ρ < 1 AND A < 0))``.
+
+    ``div`` the exact divergence, ``log_ratio`` = log ρ (ρ > 1 tested on it, unclamped), ``adv``
+    the advantage, all [N]; returns bool [N] (True = dropped from the loss)."""
+    up, down = log_ratio > 0, log_ratio < 0  # ρ > 1, ρ < 1, exactly
+    return (div >= delta) & ((up & (adv > 0)) | (down & (adv < 0)))
+
+
 def flow_dppo_loss(
     inp: LossInputs, *, delta: float, divergence: str = "kl", reduction: str = "mean"
 ) -> LossOutput:
@@ -169,9 +178,8 @@ def flow_dppo_loss(
     ratio = stable_ratio(f.log_ratio)
     with torch.no_grad():
         div = div_fn(f.mean.detach(), f.mean_old, f.std, reduction)
-        up, down = f.log_ratio > 0, f.log_ratio < 0  # ρ > 1, ρ < 1, exactly
+        drop = dppo_drop(div, f.log_ratio, f.adv, delta)
         pos, neg = f.adv > 0, f.adv < 0
-        drop = (div >= delta) & ((up & pos) | (down & neg))
     per_term = torch.where(drop, torch.zeros_like(ratio), -f.adv * ratio)
     loss = per_term.mean()
     metrics = _ratio_metrics(ratio, f, reduction)

@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 
+from flowdppo.core.divergence import gaussian_kl
 from flowdppo.core.losses import (
     LOSSES,
     LossInputs,
@@ -71,6 +72,25 @@ def test_dppo_mask_truth_table_loss_and_gradients():
     assert out.metrics["mask/frac"] == pytest.approx(2 / 8)
     assert out.metrics["mask/frac_pos_adv"] == pytest.approx(1 / 8)
     assert out.metrics["mask/frac_neg_adv"] == pytest.approx(1 / 8)
+
+
+def test_dppo_drop_is_the_mask_the_loss_applies_and_includes_the_threshold():
+    """dppo_drop on its own (the benchmark's entry): the truth table, D == δ dropped, ρ == 1 and
+    A == 0 never; and per term the same mask the loss zeroes (its gradient is 0 exactly there)."""
+    from flowdppo.core import dppo_drop
+
+    div = torch.tensor([DELTA, DELTA, DELTA / 2, DELTA, DELTA, DELTA])
+    log_ratio = torch.tensor([0.1, -0.1, 0.1, 0.0, 0.1, -0.1])
+    adv = torch.tensor([1.0, -1.0, 1.0, 1.0, 0.0, 1.0])
+    assert dppo_drop(div, log_ratio, adv, DELTA).tolist() == [True, True] + [False] * 4
+    adv_t, lr_t, diff = (list(col) for col in zip(*TRUTH_TABLE, strict=True))
+    inp = _inputs(lr_t, adv_t, diff)
+    flow_dppo_loss(inp, delta=DELTA).loss.backward()
+    kl = gaussian_kl(inp.mean.detach(), inp.mean_old, inp.std, "mean")
+    drop = dppo_drop(kl, torch.tensor(lr_t), torch.tensor(adv_t), DELTA)
+    assert drop.sum() == 2
+    assert inp.log_prob.grad is not None
+    assert ((inp.log_prob.grad == 0) == drop).all()
 
 
 def test_dppo_ratio_exactly_one_and_zero_advantage_always_pass():
