@@ -40,7 +40,13 @@ from shapes_base_skills import load_policy
 
 from flowdppo.shapes.model import tokenize
 from flowdppo.shapes.pretrain import PretrainConfig, make_prior_batch, prior_loss
-from flowdppo.shapes.prompts import CATEGORIES, PromptSpec, load_split, parse_prompt, sample_scenes
+from flowdppo.shapes.prompts import (
+    PromptSpec,
+    load_split,
+    parse_prompt,
+    sample_scenes,
+    split_by_category,
+)
 from flowdppo.shapes.render import render
 from flowdppo.shapes.world import BACKGROUND, PALETTE
 
@@ -132,7 +138,7 @@ def fit_prior(
     cfg = PretrainConfig(
         seed=seed, prior_batch=32, prior_scenes=scenes, prior_categories=["position"]
     )
-    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    by_cat = split_by_category("train")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for step in range(1, steps + 1):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig, load_checkpoint, tokenize
-from flowdppo.shapes.prompts import CATEGORIES, PromptSpec, load_split, sample_scenes
+from flowdppo.shapes.prompts import CATEGORIES, PromptSpec, sample_scenes, split_by_category
 from flowdppo.shapes.render import render
 
 
@@ -129,7 +130,7 @@ def _draw_prompts(
     rng: np.random.Generator,
     n: int,
     weights: dict[str, float] | None,
-    by_cat: dict[str, list[PromptSpec]],
+    by_cat: Mapping[str, Sequence[PromptSpec]],
 ) -> list[PromptSpec]:
     """n training prompts: a category each (uniform, or by ``weights``), then a prompt."""
     if weights is None:
@@ -140,7 +141,7 @@ def _draw_prompts(
     return [by_cat[CATEGORIES[c]][rng.integers(len(by_cat[CATEGORIES[c]]))] for c in cats]
 
 
-def make_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec]]):
+def make_batch(step: int, cfg: PretrainConfig, by_cat: Mapping[str, Sequence[PromptSpec]]):
     """The training batch of ``step``: (x0 [B,3,32,32] in [-1,1], prompts, eps, sigma)."""
     rng = np.random.default_rng([cfg.seed, step])
     specs = _draw_prompts(rng, cfg.batch_size, cfg.category_weights, by_cat)
@@ -153,7 +154,7 @@ def make_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec
     return x0, prompts, eps, sigma
 
 
-def make_prior_batch(step: int, cfg: PretrainConfig, by_cat: dict[str, list[PromptSpec]]):
+def make_prior_batch(step: int, cfg: PretrainConfig, by_cat: Mapping[str, Sequence[PromptSpec]]):
     """The σ = 1 prior batch of ``step``: (ε [P,3,32,32], prompts, mean x0 [P,3,32,32] in [-1,1]).
 
     Prompts are drawn like the main batch's (category weights included, never dropped), or
@@ -258,9 +259,7 @@ def pretrain(
         init = _load_init(cfg.init, model_cfg)
         model.load_state_dict(init)
         ema.load_state_dict(init)
-    by_cat: dict[str, list[PromptSpec]] = {c: [] for c in CATEGORIES}
-    for s in load_split("train"):
-        by_cat[s.category].append(s)
+    by_cat = split_by_category("train")
     log = (out / "pretrain_log.jsonl").open("a")
     last_save, t0 = time.time(), time.time()
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step")

@@ -219,6 +219,13 @@ def load_split(name: str) -> tuple[PromptSpec, ...]:
     return tuple(specs)
 
 
+@cache
+def split_by_category(name: str) -> dict[str, tuple[PromptSpec, ...]]:
+    """The prompts of split ``name`` grouped by category: every category a key, in order."""
+    specs = load_split(name)
+    return {c: tuple(s for s in specs if s.category == c) for c in CATEGORIES}
+
+
 def _cells_for(spec: PromptSpec, rng: np.random.Generator) -> list[int]:
     n = sum(g.count for g in spec.groups)
     while True:

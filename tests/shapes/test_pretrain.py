@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from flowdppo.shapes import pretrain as pt
 from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig
-from flowdppo.shapes.prompts import CATEGORIES, load_split, sample_scenes
+from flowdppo.shapes.prompts import CATEGORIES, load_split, sample_scenes, split_by_category
 from flowdppo.shapes.render import render
 from flowdppo.shapes.world import BACKGROUND, PALETTE
 
@@ -53,7 +53,7 @@ def test_lr_schedule_warmup_then_cosine_to_final_fraction():
 
 def test_batch_is_a_pure_function_of_seed_and_step():
     cfg = pt.PretrainConfig(batch_size=16, seed=3)
-    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    by_cat = split_by_category("train")
     a, b = pt.make_batch(7, cfg, by_cat), pt.make_batch(7, cfg, by_cat)
     other = pt.make_batch(8, cfg, by_cat)
     assert a[1] == b[1] and all(torch.equal(x, y) for x, y in zip(a[::2], b[::2], strict=True))
@@ -81,7 +81,7 @@ def test_interrupted_pretraining_resumes_exactly(tmp_path, monkeypatch):
 
 
 def test_sigma_logit_mean_shifts_the_noise_levels_only():
-    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    by_cat = split_by_category("train")
     base = pt.make_batch(5, pt.PretrainConfig(batch_size=512), by_cat)
     high = pt.make_batch(5, pt.PretrainConfig(batch_size=512, sigma_logit_mean=0.7), by_cat)
     assert torch.equal(base[0], high[0]) and base[1] == high[1]  # same images and prompts
@@ -92,7 +92,7 @@ def test_sigma_logit_mean_shifts_the_noise_levels_only():
 
 
 def test_category_weights_set_the_share_of_each_category():
-    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    by_cat = split_by_category("train")
     text_cat = {s.text: s.category for s in load_split("train")}
     n = 4000
     cfg = pt.PretrainConfig(batch_size=n, p_uncond=0.0, category_weights={"position": 3.0})
@@ -110,7 +110,7 @@ def test_category_weights_set_the_share_of_each_category():
 
 
 def test_prior_batch_targets_are_means_of_fresh_renders_of_training_prompts():
-    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    by_cat = split_by_category("train")
     one = pt.PretrainConfig(prior_batch=8, prior_scenes=1, seed=2)
     eps, prompts, target = pt.make_prior_batch(3, one, by_cat)
     assert eps.shape == target.shape == (8, 3, 32, 32) and len(prompts) == 8
@@ -181,7 +181,7 @@ def test_resuming_with_another_architecture_is_refused(tmp_path):
 def test_prior_loss_against_its_closed_form_at_initialisation():
     # With the velocity skip a fresh model's v is σ·x exactly (zero head), so at σ = 1 and
     # x = ε: ||ε - (ε - mean x0)||² = ||mean x0||², whatever ε is.
-    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    by_cat = split_by_category("train")
     model = ShapesFlowModel(ShapesModelConfig(**{**TINY.to_dict(), "velocity_skip": True}))
     eps, prompts, mean_x0 = pt.make_prior_batch(0, pt.PretrainConfig(prior_batch=4), by_cat)
     expected = mean_x0.pow(2).mean()
@@ -189,7 +189,7 @@ def test_prior_loss_against_its_closed_form_at_initialisation():
 
 
 def test_prior_categories_restrict_the_prior_batch_only():
-    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    by_cat = split_by_category("train")
     text_cat = {s.text: s.category for s in load_split("train")}
     cfg = pt.PretrainConfig(prior_batch=64, prior_scenes=1, prior_categories=["position"])
     assert {text_cat[p] for p in pt.make_prior_batch(0, cfg, by_cat)[1]} == {"position"}
@@ -221,7 +221,7 @@ def test_flow_weight_zero_trains_on_the_prior_term_alone(tmp_path, monkeypatch):
     # The logged loss of step 1 is the prior term of the initial model on step 0's prior batch.
     torch.manual_seed(cfg.seed)
     model = ShapesFlowModel(TINY)
-    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    by_cat = split_by_category("train")
     with torch.no_grad():
         expected = pt.prior_loss(model, *pt.make_prior_batch(0, cfg, by_cat)).item()
     logged = json.loads((tmp_path / "prior_only" / "pretrain_log.jsonl").open().readline())
@@ -248,7 +248,7 @@ def test_bad_loss_weights_and_prior_categories_are_refused(tmp_path, bad, match)
 def test_flow_loss_against_its_closed_form_at_initialisation():
     # A fresh velocity-skip model's v is σ·x exactly, so the loss is
     # mean((σ·x_σ - (ε - x0))²) with x_σ = (1 - σ)·x0 + σ·ε, computed here by hand per sample.
-    by_cat = {c: [s for s in load_split("train") if s.category == c] for c in CATEGORIES}
+    by_cat = split_by_category("train")
     model = ShapesFlowModel(ShapesModelConfig(**{**TINY.to_dict(), "velocity_skip": True}))
     x0, prompts, eps, sigma = pt.make_batch(0, pt.PretrainConfig(batch_size=5), by_cat)
     per_sample = [

@@ -213,3 +213,14 @@ def test_sampled_scenes_satisfy_their_prompts_exactly():
                 "below": ra > rb,
             }
             assert holds[spec.relation]
+
+
+def test_split_by_category_partitions_the_split_in_order() -> None:
+    from flowdppo.shapes.prompts import split_by_category
+
+    for name in ("train", "test"):
+        groups = split_by_category(name)
+        assert list(groups) == list(CATEGORIES)
+        assert all(s.category == c for c, specs in groups.items() for s in specs)
+        flat = sorted(s.text for specs in groups.values() for s in specs)
+        assert flat == sorted(s.text for s in load_split(name))
