@@ -1,7 +1,7 @@
 """How much of the RL signal the rollout noise decides, and how noisy the policy gradient is.
 
-Two measurements on the shipped Shapes base model, CFG 3, T = 10, Flow-SDE (docs/tuning.md,
-"Why the accuracy reward learns slowly"):
+Measurements on the shipped Shapes base model (or the checkpoint ``--checkpoint``), CFG 3,
+T = 10, Flow-SDE (docs/tuning.md, "Why the accuracy reward learns slowly"):
 
 ``attribution``: for prompts of the hard categories, 12 initial noises × 12 draws of the
 trained-step noise each; the share of the strict-reward variance that the trained-step noise
@@ -30,6 +30,8 @@ target modules (``--lora-targets``), and full fine-tuning with B per parameter g
     .venv/bin/python benchmarks/shapes_gradient_noise.py noise-scale --n 24 --threads 1 \
         --categories counting two_object color_attr --lowpass 8 4 2 --by-group \
         --lora-targets qkv,proj,ada qkv,proj,ada,pool_mlp.0,pool_mlp.2 ada,pool_mlp.0,pool_mlp.2
+    .venv/bin/python benchmarks/shapes_gradient_noise.py noise-scale --n 24 --threads 1 \
+        --categories position --checkpoint B2/model_ema.safetensors --lora-targets ada,pool_mlp.0,pool_mlp.2
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ def noise_scale(
     lowpass: tuple[int, ...] = (),
     lora_targets: tuple[str, ...] = (),
     by_group: bool = False,
+    checkpoint: str | None = None,
 ):
     """B of the default LoRA gradient and, from the same rollouts, of its variants: the
     log-prob of block-averaged coordinates only (``lowpass``), other LoRA target sets
@@ -157,10 +160,11 @@ def noise_scale(
     variants += [(f"LoRA, log-prob of {b}x{b} block means", policy, b) for b in lowpass]
     for t in lora_targets:
         torch.manual_seed(0)
-        other = ShapesPolicy.from_pretrained(lora_target_modules=t.split(","))
+        other = ShapesPolicy.from_pretrained(checkpoint, lora_target_modules=t.split(","))
         variants.append((f"LoRA on {t}", other, 1))
     if by_group:
-        variants.append(("full fine-tuning", ShapesPolicy.from_pretrained(full_finetune=True), 1))
+        full = ShapesPolicy.from_pretrained(checkpoint, full_finetune=True)
+        variants.append(("full fine-tuning", full, 1))
     rng = np.random.default_rng(0)
     grads: dict[str, list[torch.Tensor]] = {}
     for b in range(n):
@@ -259,9 +263,10 @@ def main() -> None:
         help="noise-scale: also full fine-tuning, with B per parameter group",
     )
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoint", help="a Shapes checkpoint (default: the shipped base)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    policy = ShapesPolicy.from_pretrained()
+    policy = ShapesPolicy.from_pretrained(args.checkpoint)
     steps = [int(s) for s in args.steps.split(",")]
     for eta in args.eta:
         if args.what == "attribution":
@@ -281,6 +286,7 @@ def main() -> None:
                     lowpass=tuple(args.lowpass),
                     lora_targets=tuple(args.lora_targets),
                     by_group=args.by_group,
+                    checkpoint=args.checkpoint,
                 )
 
 
