@@ -2,7 +2,7 @@
 
 flowdppo train [CONFIG] [--set k=v ...] [--max-iters N] --out DIR [--resume]
 flowdppo resume DIR [--max-iters N]
-flowdppo eval --run DIR [--n N] [--steps S]
+flowdppo eval --run DIR [--n N] [--steps S] [--split test|train]
 flowdppo sample --run DIR --prompt P [--prompt P ...] [--n 4] --out grid.png
 flowdppo plot --run DIR [--run DIR ...] --out plot.png
 flowdppo export --run DIR --out DIR
@@ -64,11 +64,13 @@ def _write_eval(metrics: dict, table_md: str, out: Path) -> None:
     print(f"written: {out / 'eval.json'}, {out / 'eval.md'}, {out / 'grid.png'}")
 
 
-def _shapes_eval_policy(policy, out: Path, n: int, steps: int, cfg_scale: float, seed: int) -> None:
+def _shapes_eval_policy(
+    policy, out: Path, n: int, steps: int, cfg_scale: float, seed: int, split: str = "test"
+) -> None:
     from flowdppo.shapes.evaluate import eval_specs, generate, markdown_table, score_eval
     from flowdppo.viz import save_grid
 
-    specs = eval_specs(n)
+    specs = eval_specs(n, split=split)
     prompts = [s.text for s in specs]
     images = generate(
         policy, prompts, steps=steps, guidance_scale=cfg_scale, seed=seed, progress=True
@@ -82,7 +84,10 @@ def _shapes_eval_policy(policy, out: Path, n: int, steps: int, cfg_scale: float,
         out / "grid.png",
         marks=[bool(res.passed[i]) for i in idx],
     )
-    title = f"Shapes evaluation: {n} samples/category, ODE {steps} steps, CFG {cfg_scale}"
+    title = (
+        f"Shapes evaluation ({split} prompts): {n} samples/category, ODE {steps} steps, "
+        f"CFG {cfg_scale}"
+    )
     _write_eval({**res.metrics, "table": res.table}, markdown_table(res, title), out)
 
 
@@ -92,7 +97,7 @@ def _eval(a: argparse.Namespace) -> int:
     from flowdppo.trainer.evaluation import evaluate
 
     policy, cfg, it = load_run_policy(a.run)
-    out = Path(a.run) / "eval" / f"iter_{it:06d}"
+    out = Path(a.run) / "eval" / (f"iter_{it:06d}" + ("_train" if a.split == "train" else ""))
     if cfg.data.eval_prompts.startswith("shapes:"):
         _shapes_eval_policy(
             policy,
@@ -101,8 +106,14 @@ def _eval(a: argparse.Namespace) -> int:
             a.steps or cfg.eval.num_inference_steps,
             cfg.eval_guidance_scale,
             cfg.eval.seed,
+            a.split,
         )
         return 0
+    if a.split != "test":
+        raise SystemExit(
+            f"flowdppo eval: --split {a.split} is for Shapes runs; this run evaluates "
+            f"data.eval_prompts={cfg.data.eval_prompts!r} (set in {Path(a.run) / 'config.yaml'})"
+        )
     m = evaluate(policy, cfg, build_run_rewards(cfg), out / "grid.png", a.n, a.steps)
     _write_eval(m, "\n".join(f"- {k}: {v:.4f}" for k, v in m.items()) + "\n", out)
     return 0
@@ -225,7 +236,7 @@ def _shapes_eval(a: argparse.Namespace) -> int:
         torch.set_num_threads(a.threads)
     policy = ShapesPolicy.from_pretrained(a.checkpoint)
     cfg_scale = policy.default_guidance_scale if a.cfg is None else a.cfg
-    _shapes_eval_policy(policy, Path(a.out), a.n, a.steps, cfg_scale, a.seed)
+    _shapes_eval_policy(policy, Path(a.out), a.n, a.steps, cfg_scale, a.seed, a.split)
     return 0
 
 
@@ -280,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True)
     e.add_argument("--n", type=int, help="samples per category (default eval.per_category)")
     e.add_argument("--steps", type=int, help="ODE steps (default eval.num_inference_steps)")
+    e.add_argument(
+        "--split",
+        choices=["test", "train"],
+        default="test",
+        help="Shapes runs: the test prompts, or the training split's (the generalisation gap); "
+        "train writes eval/iter_N_train/",
+    )
     e.set_defaults(func=_eval)
     s = sub.add_parser("sample", help="sample a run's policy into a PNG grid")
     s.add_argument("--run", required=True)
@@ -380,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)"
     )
     se.add_argument("--n", type=int, default=100, help="samples per category")
+    se.add_argument(
+        "--split", choices=["test", "train"], default="test", help="which prompts to evaluate on"
+    )
     se.add_argument("--seed", type=int, default=1234)
     se.add_argument("--threads", type=int, default=0)
     se.add_argument("--out", default="shapes_eval")

@@ -82,6 +82,19 @@ def test_eval(run) -> None:
     assert sum(row["n"] for row in metrics["table"]) == 2 * 6  # 2 per category
     assert (out / "eval.md").exists() and (out / "grid.png").exists()
     assert "| **overall** | 12 |" in proc.stdout
+    assert "(test prompts)" in proc.stdout
+
+
+def test_eval_on_the_training_split(run) -> None:
+    proc = cli("eval", "--run", str(run), "--n", "2", "--steps", "4", "--split", "train")
+    out, test_out = run / "eval" / "iter_000003_train", run / "eval" / "iter_000003"
+    assert "(train prompts)" in proc.stdout
+    metrics = json.loads((out / "eval.json").read_text())
+    assert sum(row["n"] for row in metrics["table"]) == 2 * 6
+    if not (test_out / "grid.png").exists():
+        cli("eval", "--run", str(run), "--n", "2", "--steps", "4")
+    # other prompts under the same seeds: the captioned grids differ
+    assert (out / "grid.png").read_bytes() != (test_out / "grid.png").read_bytes()
 
 
 def test_sample(run, tmp_path) -> None:
