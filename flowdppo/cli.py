@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from flowdppo.config import ConfigError
+from flowdppo.config.schema import EvalConfig
 
 
 def _train(a: argparse.Namespace) -> int:
@@ -91,23 +92,25 @@ def _shapes_eval_policy(
     _write_eval({**res.metrics, "table": res.table}, markdown_table(res, title), out)
 
 
+def _eval_dir_name(it: int, split: str, n: int, steps: int, ev: EvalConfig) -> str:
+    """``iter_N`` for the run's own evaluation settings, with a suffix for each one changed
+    (``_train``, ``_n100``, ``_steps10``), so that evaluations with other settings never
+    overwrite each other."""
+    name = f"iter_{it:06d}" + ("_train" if split == "train" else "")
+    name += f"_n{n}" if n != ev.per_category else ""
+    return name + (f"_steps{steps}" if steps != ev.num_inference_steps else "")
+
+
 def _eval(a: argparse.Namespace) -> int:
     from flowdppo.runs import load_run_policy
     from flowdppo.trainer.build import build_run_rewards
     from flowdppo.trainer.evaluation import evaluate
 
     policy, cfg, it = load_run_policy(a.run)
-    out = Path(a.run) / "eval" / (f"iter_{it:06d}" + ("_train" if a.split == "train" else ""))
+    n, steps = a.n or cfg.eval.per_category, a.steps or cfg.eval.num_inference_steps
+    out = Path(a.run) / "eval" / _eval_dir_name(it, a.split, n, steps, cfg.eval)
     if cfg.data.eval_prompts.startswith("shapes:"):
-        _shapes_eval_policy(
-            policy,
-            out,
-            a.n or cfg.eval.per_category,
-            a.steps or cfg.eval.num_inference_steps,
-            cfg.eval_guidance_scale,
-            cfg.eval.seed,
-            a.split,
-        )
+        _shapes_eval_policy(policy, out, n, steps, cfg.eval_guidance_scale, cfg.eval.seed, a.split)
         return 0
     if a.split != "test":
         raise SystemExit(

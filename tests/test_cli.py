@@ -76,7 +76,7 @@ def test_resume_in_a_new_process_is_exact(run, ckpt, tmp_path) -> None:
 
 def test_eval(run) -> None:
     proc = cli("eval", "--run", str(run), "--n", "2", "--steps", "4")
-    out = run / "eval" / "iter_000003"
+    out = run / "eval" / "iter_000003_n2"  # 2 is not the run's eval.per_category (1)
     metrics = json.loads((out / "eval.json").read_text())
     assert 0.0 <= metrics["eval/strict_overall"] <= 1.0
     assert sum(row["n"] for row in metrics["table"]) == 2 * 6  # 2 per category
@@ -87,7 +87,7 @@ def test_eval(run) -> None:
 
 def test_eval_on_the_training_split(run) -> None:
     proc = cli("eval", "--run", str(run), "--n", "2", "--steps", "4", "--split", "train")
-    out, test_out = run / "eval" / "iter_000003_train", run / "eval" / "iter_000003"
+    out, test_out = run / "eval" / "iter_000003_train_n2", run / "eval" / "iter_000003_n2"
     assert "(train prompts)" in proc.stdout
     metrics = json.loads((out / "eval.json").read_text())
     assert sum(row["n"] for row in metrics["table"]) == 2 * 6
@@ -95,6 +95,19 @@ def test_eval_on_the_training_split(run) -> None:
         cli("eval", "--run", str(run), "--n", "2", "--steps", "4")
     # other prompts under the same seeds: the captioned grids differ
     assert (out / "grid.png").read_bytes() != (test_out / "grid.png").read_bytes()
+
+
+def test_eval_settings_name_the_directory(run) -> None:
+    """The run's own settings write eval/iter_N; each changed setting adds a suffix, so an
+    evaluation with other settings does not overwrite another."""
+    cli("eval", "--run", str(run))
+    cli("eval", "--run", str(run), "--steps", "2")
+    names = {p.name for p in (run / "eval").iterdir()}
+    assert {"iter_000003", "iter_000003_steps2"} <= names
+    for name in ("iter_000003", "iter_000003_steps2"):
+        assert (run / "eval" / name / "eval.json").exists()
+    md = (run / "eval" / "iter_000003_steps2" / "eval.md").read_text()
+    assert "ODE 2 steps" in md and "1 samples/category" in md
 
 
 def test_sample(run, tmp_path) -> None:
