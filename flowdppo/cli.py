@@ -102,21 +102,22 @@ def _eval_dir_name(it: int, split: str, n: int, steps: int, ev: EvalConfig) -> s
 
 
 def _eval(a: argparse.Namespace) -> int:
-    from flowdppo.runs import load_run_policy
+    from flowdppo.runs import load_run_policy, run_config
     from flowdppo.trainer.build import build_run_rewards
     from flowdppo.trainer.evaluation import evaluate
 
+    shapes = run_config(a.run).data.eval_prompts.startswith("shapes:")
+    if a.split != "test" and not shapes:  # checked before the model is loaded
+        raise SystemExit(
+            f"flowdppo eval: --split {a.split} is for Shapes runs; {Path(a.run) / 'config.yaml'} "
+            f"evaluates data.eval_prompts={run_config(a.run).data.eval_prompts!r}"
+        )
     policy, cfg, it = load_run_policy(a.run)
     n, steps = a.n or cfg.eval.per_category, a.steps or cfg.eval.num_inference_steps
     out = Path(a.run) / "eval" / _eval_dir_name(it, a.split, n, steps, cfg.eval)
-    if cfg.data.eval_prompts.startswith("shapes:"):
+    if shapes:
         _shapes_eval_policy(policy, out, n, steps, cfg.eval_guidance_scale, cfg.eval.seed, a.split)
         return 0
-    if a.split != "test":
-        raise SystemExit(
-            f"flowdppo eval: --split {a.split} is for Shapes runs; this run evaluates "
-            f"data.eval_prompts={cfg.data.eval_prompts!r} (set in {Path(a.run) / 'config.yaml'})"
-        )
     m = evaluate(policy, cfg, build_run_rewards(cfg), out / "grid.png", a.n, a.steps)
     _write_eval(m, "\n".join(f"- {k}: {v:.4f}" for k, v in m.items()) + "\n", out)
     return 0

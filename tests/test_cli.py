@@ -97,6 +97,19 @@ def test_eval_on_the_training_split(run) -> None:
     assert (out / "grid.png").read_bytes() != (test_out / "grid.png").read_bytes()
 
 
+def test_eval_split_train_is_refused_for_a_prompt_file_run(run, tmp_path) -> None:
+    (tmp_path / "prompts.txt").write_text("a red circle\n")
+    text = (run / "config.yaml").read_text()
+    assert "eval_prompts: shapes:test" in text
+    (tmp_path / "config.yaml").write_text(
+        text.replace("eval_prompts: shapes:test", f"eval_prompts: {tmp_path / 'prompts.txt'}")
+    )
+    proc = cli("eval", "--run", str(tmp_path), "--split", "train", check=False)
+    assert proc.returncode != 0
+    assert "--split train is for Shapes runs" in proc.stderr
+    assert str(tmp_path / "config.yaml") in proc.stderr and "prompts.txt" in proc.stderr
+
+
 def test_eval_settings_name_the_directory(run) -> None:
     """The run's own settings write eval/iter_N; each changed setting adds a suffix, so an
     evaluation with other settings does not overwrite another."""
