@@ -52,14 +52,15 @@ CFG, T = 3.0, 10
 HARD = ("two_object", "color_attr", "counting", "position")
 
 
-def _rollout(policy, texts, init, steps, eta, noise=None, generator=None):
+def _velocity(policy, texts):
+    """The CFG velocity field of ``policy`` for the prompts ``texts`` (one per sample)."""
     cond = policy.encode_prompts(texts)
+    return lambda x, s: policy.velocity(x, s, cond, CFG)
 
-    def velocity(x, s):
-        return policy.velocity(x, s, cond, CFG)
 
-    out = sample(
-        velocity,
+def _rollout(policy, texts, init, steps, eta, noise=None, generator=None):
+    return sample(
+        _velocity(policy, texts),
         init,
         policy.sigmas(T),
         sampler="flow_sde",
@@ -68,7 +69,6 @@ def _rollout(policy, texts, init, steps, eta, noise=None, generator=None):
         noise=noise,
         generator=generator,
     )
-    return out, velocity
 
 
 def attribution(policy, eta: float, steps: list[int], n0: int = 12, m: int = 12) -> None:
@@ -79,7 +79,7 @@ def attribution(policy, eta: float, steps: list[int], n0: int = 12, m: int = 12)
             g = torch.Generator().manual_seed(i)
             init = torch.randn(n0, *policy.latent_shape, generator=g).repeat_interleave(m, 0)
             with torch.no_grad():
-                out, _ = _rollout(policy, [spec.text] * (n0 * m), init, steps, eta, generator=g)
+                out = _rollout(policy, [spec.text] * (n0 * m), init, steps, eta, generator=g)
             r = score_images(to_uint8(policy.decode(out.latents)), [spec] * (n0 * m)).geneval
             p = r.reshape(n0, m).mean(1)
             total = r.var()
@@ -93,7 +93,7 @@ def attribution(policy, eta: float, steps: list[int], n0: int = 12, m: int = 12)
 
 def _strict(policy, specs, init, steps: list[int], eta: float, g=None) -> np.ndarray:
     with torch.no_grad():
-        out, _ = _rollout(policy, [s.text for s in specs], init, steps, eta, generator=g)
+        out = _rollout(policy, [s.text for s in specs], init, steps, eta, generator=g)
     return score_images(to_uint8(policy.decode(out.latents)), specs).geneval
 
 
@@ -156,15 +156,18 @@ def noise_scale(
     log-prob of block-averaged coordinates only (``lowpass``), other LoRA target sets
     (``lora_targets``, comma-separated names each), and full fine-tuning per parameter group."""
     specs = [s for s in load_split("train") if s.category in cats]  # every training prompt
-    variants: list[tuple[str, ShapesPolicy, int]] = [("LoRA (default targets)", policy, 1)]
-    variants += [(f"LoRA, log-prob of {b}x{b} block means", policy, b) for b in lowpass]
+    # (label, policy, block size of the log-prob, B per parameter group too)
+    variants: list[tuple[str, ShapesPolicy, int, bool]] = [
+        ("LoRA (default targets)", policy, 1, False)
+    ]
+    variants += [(f"LoRA, log-prob of {b}x{b} block means", policy, b, False) for b in lowpass]
     for t in lora_targets:
         torch.manual_seed(0)
         other = ShapesPolicy.from_pretrained(checkpoint, lora_target_modules=t.split(","))
-        variants.append((f"LoRA on {t}", other, 1))
+        variants.append((f"LoRA on {t}", other, 1, False))
     if by_group:
         full = ShapesPolicy.from_pretrained(checkpoint, full_finetune=True)
-        variants.append(("full fine-tuning", full, 1))
+        variants.append(("full fine-tuning", full, 1, True))
     rng = np.random.default_rng(0)
     grads: dict[str, list[torch.Tensor]] = {}
     for b in range(n):
@@ -183,17 +186,13 @@ def noise_scale(
                 z = torch.randn(p * g // 2, len(steps), *shape, generator=gen)
                 noise = torch.stack([z, -z], 1).flatten(0, 1)
         with torch.no_grad():
-            out, _ = _rollout(policy, texts, init, steps, eta, noise)
+            out = _rollout(policy, texts, init, steps, eta, noise)
         sc = score_images(to_uint8(policy.decode(out.latents)), picked)
         scores = {"tifa": sc.tifa, "strict": sc.geneval, "object_size": sc.object_size}
         r = torch.from_numpy(scores[reward])
         adv = group_advantages(r.unsqueeze(1), torch.arange(p).repeat_interleave(g))
-        for label, pol, block in variants:
-            cond = pol.encode_prompts(texts)
-
-            def velocity(x, s, pol=pol, cond=cond):
-                return pol.velocity(x, s, cond, CFG)
-
+        for label, pol, block, per_group in variants:
+            velocity = _velocity(pol, texts)
             loss = torch.zeros(())
             for k in range(len(steps)):
                 new = recompute_step(
@@ -214,12 +213,12 @@ def noise_scale(
             named = [(k, v) for k, v in pol.model.named_parameters() if v.requires_grad]
             grad = torch.autograd.grad(loss, [v for _, v in named])
             grads.setdefault(label, []).append(torch.cat([x.flatten() for x in grad]).double())
-            if label == "full fine-tuning":
+            if per_group:
                 per: dict[str, list[torch.Tensor]] = {}
                 for (k, _), x in zip(named, grad, strict=True):
                     per.setdefault(_param_group(k), []).append(x.flatten())
                 for k, xs in per.items():
-                    grads.setdefault(f"  full fine-tuning, {k}", []).append(torch.cat(xs).double())
+                    grads.setdefault(f"  {label}, {k}", []).append(torch.cat(xs).double())
     print(
         f"reward {reward} {'+'.join(cats) if len(cats) < 6 else 'all categories'} eta {eta} "
         f"trained steps {steps} {group_noise} noise, {p * g}-sample estimates:"
