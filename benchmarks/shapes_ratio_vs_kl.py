@@ -71,10 +71,16 @@ def pair_stats(trainer: Trainer, exp) -> dict[str, np.ndarray]:
     return {key: np.concatenate(v) for key, v in out.items()}
 
 
+def clip_acts(log_rho: np.ndarray, adv: np.ndarray, eps: float = EPS_CLIP) -> np.ndarray:
+    """The pairs whose gradient the ratio clip (core.ratio_clip_loss) zeroes: ρ left
+    [1 - ε, 1 + ε] in the advantage's direction."""
+    rho1 = np.expm1(log_rho)
+    return ((adv > 0) & (rho1 > eps)) | ((adv < 0) & (rho1 < -eps))
+
+
 def summarise(s: dict[str, np.ndarray], d: int) -> dict[str, float]:
     rho1 = np.expm1(s["log_rho"])
-    # the ratio clip zeroes a term's gradient when ρ left [1 - ε, 1 + ε] in A's direction
-    clip = ((s["adv"] > 0) & (rho1 > EPS_CLIP)) | ((s["adv"] < 0) & (rho1 < -EPS_CLIP))
+    clip = clip_acts(s["log_rho"], s["adv"])
     mask = dppo_drop(*(torch.from_numpy(s[k]) for k in ("kl", "log_rho", "adv")), DELTA).numpy()
     return {
         "kl": float(s["kl"].mean()),

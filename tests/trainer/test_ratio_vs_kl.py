@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowdppo.core import get_sampler
+from flowdppo.core import LossInputs, get_sampler, ratio_clip_loss
 from flowdppo.trainer.trainer import Trainer
 
 from .tiny import tiny_config
@@ -74,3 +74,19 @@ def test_summary_counts_the_pairs_each_trust_region_acts_on() -> None:
     assert r["below_one"] == 2 / 5
     assert math.isclose(r["kl"], s["kl"].mean())
     assert math.isclose(r["predicted_std"], float(np.sqrt(2 * s["kl"] / 10).mean()))
+
+
+def test_clip_acts_is_where_the_ratio_clip_loss_zeroes_the_gradient() -> None:
+    """The benchmark's count of clipped pairs against the loss itself: per term, the gradient of
+    core.ratio_clip_loss is exactly 0 on the pairs clip_acts names and nonzero elsewhere."""
+    log_rho = np.log1p(np.array([2e-4, 5e-5, -3e-4, 2e-4, -2e-4, -5e-5, 3e-4, -3e-4]))
+    adv = np.array([1.0, 1.0, -1.0, -1.0, 1.0, -1.0, 0.5, 0.5])
+    old = torch.zeros(len(adv), dtype=torch.float64)
+    lp = torch.tensor(log_rho).requires_grad_(True)
+    mean = torch.zeros(len(adv), 2, dtype=torch.float64)
+    inp = LossInputs(lp, old, torch.tensor(adv), mean, mean, 1.0)
+    ratio_clip_loss(inp, clip_range=bench.EPS_CLIP).loss.backward()
+    assert lp.grad is not None
+    acts = bench.clip_acts(log_rho, adv)
+    assert acts.tolist() == [True, False, True, False, False, False, True, False]
+    assert ((lp.grad == 0).numpy() == acts).all()
