@@ -106,11 +106,12 @@ def _eval(a: argparse.Namespace) -> int:
     from flowdppo.trainer.build import build_run_rewards
     from flowdppo.trainer.evaluation import evaluate
 
-    shapes = run_config(a.run).data.eval_prompts.startswith("shapes:")
+    prompts = run_config(a.run).data.eval_prompts
+    shapes = prompts.startswith("shapes:")
     if a.split != "test" and not shapes:  # checked before the model is loaded
         raise SystemExit(
             f"flowdppo eval: --split {a.split} is for Shapes runs; {Path(a.run) / 'config.yaml'} "
-            f"evaluates data.eval_prompts={run_config(a.run).data.eval_prompts!r}"
+            f"evaluates data.eval_prompts={prompts!r}"
         )
     policy, cfg, it = load_run_policy(a.run)
     n, steps = a.n or cfg.eval.per_category, a.steps or cfg.eval.num_inference_steps

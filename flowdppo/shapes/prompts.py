@@ -23,10 +23,12 @@ while every other category rose (docs/tuning.md).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from itertools import permutations
+from types import MappingProxyType
 
 import numpy as np
 
@@ -220,10 +222,11 @@ def load_split(name: str) -> tuple[PromptSpec, ...]:
 
 
 @cache
-def split_by_category(name: str) -> dict[str, tuple[PromptSpec, ...]]:
-    """The prompts of split ``name`` grouped by category: every category a key, in order."""
+def split_by_category(name: str) -> Mapping[str, tuple[PromptSpec, ...]]:
+    """The prompts of split ``name`` grouped by category: every category a key, in order.
+    Read-only, since every caller shares the one cached mapping."""
     specs = load_split(name)
-    return {c: tuple(s for s in specs if s.category == c) for c in CATEGORIES}
+    return MappingProxyType({c: tuple(s for s in specs if s.category == c) for c in CATEGORIES})
 
 
 def _cells_for(spec: PromptSpec, rng: np.random.Generator) -> list[int]:

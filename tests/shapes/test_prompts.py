@@ -224,3 +224,5 @@ def test_split_by_category_partitions_the_split_in_order() -> None:
         assert all(s.category == c for c, specs in groups.items() for s in specs)
         flat = sorted(s.text for specs in groups.values() for s in specs)
         assert flat == sorted(s.text for s in load_split(name))
+        with pytest.raises(TypeError):  # the cached mapping is shared: no caller may change it
+            groups["position"] = ()  # type: ignore[index]
