@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from flowdppo.config import ConfigError
-from flowdppo.config.schema import EvalConfig
+from flowdppo.config.schema import RunConfig
 
 
 def _train(a: argparse.Namespace) -> int:
@@ -92,13 +92,15 @@ def _shapes_eval_policy(
     _write_eval({**res.metrics, "table": res.table}, markdown_table(res, title), out)
 
 
-def _eval_dir_name(it: int, split: str, n: int, steps: int, ev: EvalConfig) -> str:
+def _eval_dir_name(it: int, split: str, n: int, steps: int, cfg: float, run: RunConfig) -> str:
     """``iter_N`` for the run's own evaluation settings, with a suffix for each one changed
-    (``_train``, ``_n100``, ``_steps10``), so that evaluations with other settings never
-    overwrite each other."""
+    (``_train``, ``_n100``, ``_steps10``, ``_cfg1``), so that evaluations with other settings
+    never overwrite each other."""
+    ev = run.eval
     name = f"iter_{it:06d}" + ("_train" if split == "train" else "")
     name += f"_n{n}" if n != ev.per_category else ""
-    return name + (f"_steps{steps}" if steps != ev.num_inference_steps else "")
+    name += f"_steps{steps}" if steps != ev.num_inference_steps else ""
+    return name + (f"_cfg{cfg:g}" if cfg != run.eval_guidance_scale else "")
 
 
 def _eval(a: argparse.Namespace) -> int:
@@ -106,6 +108,8 @@ def _eval(a: argparse.Namespace) -> int:
     from flowdppo.trainer.build import build_run_rewards
     from flowdppo.trainer.evaluation import evaluate
 
+    if a.cfg is not None and a.cfg < 1.0:
+        raise SystemExit(f"flowdppo eval: --cfg must be >= 1.0 (1 = no guidance), got {a.cfg}")
     prompts = run_config(a.run).data.eval_prompts
     shapes = prompts.startswith("shapes:")
     if a.split != "test" and not shapes:  # checked before the model is loaded
@@ -115,11 +119,12 @@ def _eval(a: argparse.Namespace) -> int:
         )
     policy, cfg, it = load_run_policy(a.run)
     n, steps = a.n or cfg.eval.per_category, a.steps or cfg.eval.num_inference_steps
-    out = Path(a.run) / "eval" / _eval_dir_name(it, a.split, n, steps, cfg.eval)
+    g = cfg.eval_guidance_scale if a.cfg is None else a.cfg
+    out = Path(a.run) / "eval" / _eval_dir_name(it, a.split, n, steps, g, cfg)
     if shapes:
-        _shapes_eval_policy(policy, out, n, steps, cfg.eval_guidance_scale, cfg.eval.seed, a.split)
+        _shapes_eval_policy(policy, out, n, steps, g, cfg.eval.seed, a.split)
         return 0
-    m = evaluate(policy, cfg, build_run_rewards(cfg), out / "grid.png", a.n, a.steps)
+    m = evaluate(policy, cfg, build_run_rewards(cfg), out / "grid.png", a.n, a.steps, g)
     _write_eval(m, "\n".join(f"- {k}: {v:.4f}" for k, v in m.items()) + "\n", out)
     return 0
 
@@ -296,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True)
     e.add_argument("--n", type=int, help="samples per category (default eval.per_category)")
     e.add_argument("--steps", type=int, help="ODE steps (default eval.num_inference_steps)")
+    e.add_argument("--cfg", type=float, help="guidance scale (default: the run's evaluation CFG)")
     e.add_argument(
         "--split",
         choices=["test", "train"],

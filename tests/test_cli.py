@@ -110,17 +110,26 @@ def test_eval_split_train_is_refused_for_a_prompt_file_run(run, tmp_path) -> Non
     assert str(tmp_path / "config.yaml") in proc.stderr and "prompts.txt" in proc.stderr
 
 
+def test_eval_refuses_a_guidance_scale_below_one(run) -> None:
+    proc = cli("eval", "--run", str(run), "--cfg", "0.5", check=False)
+    assert proc.returncode != 0 and "--cfg must be >= 1.0" in proc.stderr
+
+
 def test_eval_settings_name_the_directory(run) -> None:
     """The run's own settings write eval/iter_N; each changed setting adds a suffix, so an
     evaluation with other settings does not overwrite another."""
     cli("eval", "--run", str(run))
     cli("eval", "--run", str(run), "--steps", "2")
+    cli("eval", "--run", str(run), "--cfg", "1.5")
     names = {p.name for p in (run / "eval").iterdir()}
-    assert {"iter_000003", "iter_000003_steps2"} <= names
-    for name in ("iter_000003", "iter_000003_steps2"):
+    assert {"iter_000003", "iter_000003_steps2", "iter_000003_cfg1.5"} <= names
+    for name in ("iter_000003", "iter_000003_steps2", "iter_000003_cfg1.5"):
         assert (run / "eval" / name / "eval.json").exists()
     md = (run / "eval" / "iter_000003_steps2" / "eval.md").read_text()
     assert "ODE 2 steps" in md and "1 samples/category" in md
+    own = (run / "eval" / "iter_000003" / "eval.md").read_text()
+    md = (run / "eval" / "iter_000003_cfg1.5" / "eval.md").read_text()
+    assert "CFG 1.5" in md and "CFG 1.5" not in own
 
 
 def test_sample(run, tmp_path) -> None:

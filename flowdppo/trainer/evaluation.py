@@ -26,11 +26,14 @@ def evaluate(
     grid_path: Path | None = None,
     n_per_category: int | None = None,
     steps: int | None = None,
+    guidance_scale: float | None = None,
 ) -> dict[str, float]:
-    """Evaluate the policy as configured by ``cfg.eval``; returns ``eval/...`` metrics."""
+    """Evaluate the policy as configured by ``cfg.eval`` (``n_per_category``, ``steps`` and
+    ``guidance_scale`` override it when given); returns ``eval/...`` metrics."""
     e = cfg.eval
     n = n_per_category or e.per_category
     steps = steps or e.num_inference_steps
+    cfg_scale = cfg.eval_guidance_scale if guidance_scale is None else guidance_scale
     source = cfg.data.eval_prompts
     if source.startswith("shapes:"):
         parts = source.split(":")
@@ -39,17 +42,13 @@ def evaluate(
         cats = tuple(parts[2].split(",")) if len(parts) == 3 else CATEGORIES
         specs = eval_specs(n, parts[1], cats)
         prompts = [s.text for s in specs]
-        images = generate(
-            policy, prompts, steps=steps, guidance_scale=cfg.eval_guidance_scale, seed=e.seed
-        )
+        images = generate(policy, prompts, steps=steps, guidance_scale=cfg_scale, seed=e.seed)
         res = score_eval(images, specs)
         metrics, marks = res.metrics, [bool(p) for p in res.passed]
     else:
         all_prompts, meta = load_prompts(source)
         prompts, meta = all_prompts[:n], meta[:n]
-        images = generate(
-            policy, prompts, steps=steps, guidance_scale=cfg.eval_guidance_scale, seed=e.seed
-        )
+        images = generate(policy, prompts, steps=steps, guidance_scale=cfg_scale, seed=e.seed)
         batch = compute_rewards(rewards, images, prompts, meta, on_error="drop")
         total = batch.weighted_sum()[batch.valid]
         metrics = {"eval/reward_mean": float(total.mean())}
