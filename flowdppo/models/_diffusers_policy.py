@@ -197,6 +197,10 @@ class DiffusersPolicy:
         """The base model: LoRA disabled, or the frozen pre-training copy (full fine-tuning)."""
         return reference_context(self)
 
+    def compile(self) -> None:
+        for net in [self.transformer] + ([self._reference] if self._reference is not None else []):
+            net.compile()
+
     def reduced_precision(self) -> AbstractContextManager[None]:
         """No-op: the transformer already runs in its ``model.dtype`` (bfloat16 on GPUs)."""
         return nullcontext()

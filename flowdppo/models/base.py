@@ -108,6 +108,11 @@ class Policy(Protocol):
         """
         ...
 
+    def compile(self) -> None:
+        """``torch.compile`` the denoising network(s) in place (``nn.Module.compile``): the
+        parameters, their names and the checkpoints stay as they are."""
+        ...
+
     def reduced_precision(self) -> AbstractContextManager[None]:
         """Context in which ``velocity`` may trade precision for speed, for rollout steps whose
         log-prob is never taken (``sampling.untrained_precision``). A policy with

@@ -158,6 +158,10 @@ class ShapesPolicy:
     def _base_context(self):
         return nullcontext() if self.full_finetune else disabled_lora(self.model)
 
+    def compile(self) -> None:
+        for net in [self.model] + ([self._ref] if self._ref is not None else []):
+            net.compile()
+
     @contextmanager
     def reduced_precision(self) -> Iterator[None]:
         """The transformer blocks in bfloat16 (the stem, head and skip stay float32): a forward

@@ -68,8 +68,11 @@ POLICY_BUILDERS: dict[str, Callable[[ModelConfig, torch.device, float | None], A
 
 
 def build_policy(cfg: RunConfig, device: torch.device) -> Any:
-    """The policy of ``cfg.model`` on ``device``."""
-    return POLICY_BUILDERS[cfg.model.family](cfg.model, device, cfg.sampling.shift)
+    """The policy of ``cfg.model`` on ``device`` (its network compiled with ``model.compile``)."""
+    policy = POLICY_BUILDERS[cfg.model.family](cfg.model, device, cfg.sampling.shift)
+    if cfg.model.compile:
+        policy.compile()
+    return policy
 
 
 def build_run_rewards(cfg: RunConfig) -> list[LoadedReward]:

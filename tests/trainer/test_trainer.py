@@ -18,7 +18,7 @@ from flowdppo.config import load_config
 from flowdppo.trainer.trainer import Trainer, flat_group_fraction
 from flowdppo.trainer.update import learning_rate
 
-from .tiny import read_lines, tiny_config, without_time
+from .tiny import read_lines, register_test_rewards, tiny_config, without_time
 
 COMMON_KEYS = {
     "iter",
@@ -263,3 +263,41 @@ def test_per_category_reward_by_hand(tiny_ckpt, tmp_path) -> None:
         f"reward_category/{c}" for c in set(cats)
     )
     assert m["adv/zero_frac"] == 0.0  # a continuous reward: no group is flat
+
+
+def test_compiled_run_matches_eager_and_keeps_its_checkpoint_format(tiny_ckpt, tmp_path) -> None:
+    """``model.compile`` compiles the network in place: the on-policy check still holds (the
+    rollout and the update run the same compiled code), the metrics follow the eager run's to
+    float32 rounding, and the checkpoint's keys are the eager run's, so either resumes the other.
+    """
+    register_test_rewards()  # smooth: a JPEG size can jump a byte on a last-bit pixel change
+    extra = (
+        "sampling.untrained_precision=reduced",
+        "rewards=[{name: test_red}]",
+        "train.save_every=2",
+    )
+    eager, compiled = (
+        Trainer(tiny_config(tiny_ckpt, *extra, f"model.compile={c}"), tmp_path / name)
+        for c, name in ((False, "eager"), (True, "compiled"))
+    )
+    assert compiled.policy.model._compiled_call_impl is not None
+    assert eager.policy.model._compiled_call_impl is None
+    eager.train(2, progress=False)
+    compiled.train(2, progress=False)
+    rows_e, rows_c = read_lines(tmp_path / "eager"), read_lines(tmp_path / "compiled")
+    for re_, rc in zip(rows_e, rows_c, strict=True):
+        assert rc["check/onpolicy_kl_max"] <= 1e-9
+        # loss/policy is a mean of terms of size |A| ~ 1 that cancel to ~1e-6: absolute tolerance
+        for k, rel, abs_ in (
+            ("reward/mean", 1e-4, 0.0),
+            ("kl/old_new_mean", 1e-2, 1e-12),
+            ("kl/ref_mean", 1e-2, 1e-12),
+            ("loss/policy", 0.0, 1e-6),
+        ):
+            assert math.isclose(rc[k], re_[k], rel_tol=rel, abs_tol=abs_), (k, rc[k], re_[k])
+    we, wc = _trainable(eager), _trainable(compiled)
+    assert we.keys() == wc.keys()
+    assert all(torch.allclose(we[k], wc[k], rtol=1e-3, atol=1e-6) for k in we)
+    resumed = Trainer(tiny_config(tiny_ckpt, *extra), tmp_path / "compiled", resume=True)
+    assert resumed.iteration == 2
+    assert all(torch.equal(v, wc[k]) for k, v in _trainable(resumed).items())
