@@ -1,0 +1,53 @@
+"""benchmarks/shapes_hybrid_sampler.py: the hybrid sampler's two ends are the policy's and the
+base's own evaluation samples, and its middle is neither."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from trainer.tiny import build_tiny_checkpoint
+
+from flowdppo.models.shapes import ShapesPolicy
+from flowdppo.shapes.evaluate import generate
+
+_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+_spec = importlib.util.spec_from_file_location(
+    "shapes_hybrid_sampler", _DIR / "shapes_hybrid_sampler.py"
+)
+assert _spec is not None and _spec.loader is not None
+hs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(hs)
+
+PROMPTS = ["a red circle", "two blue squares", "a green triangle above a white circle"]
+
+
+def _policy(tmp_path: Path) -> ShapesPolicy:
+    policy = ShapesPolicy.from_pretrained(
+        build_tiny_checkpoint(tmp_path / "tiny.safetensors"), lora_rank=2, lora_alpha=4
+    )
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # LoRA B starts at 0 (policy = base): move it
+        for name, p in policy.model.named_parameters():
+            if ".lora_B." in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    return policy
+
+
+def test_hybrid_ends_are_the_policy_and_the_base_and_chunks_keep_the_noises(tmp_path) -> None:
+    policy = _policy(tmp_path)
+    kw = dict(steps=6, guidance_scale=2.0, seed=3)
+    own = generate(policy, PROMPTS, **kw)
+    with policy.reference():
+        base = generate(policy, PROMPTS, **kw)
+    assert (own - base).abs().max() > 1e-3  # the adapter matters
+    torch.testing.assert_close(hs.hybrid_generate(policy, PROMPTS, tau=-1.0, **kw), own)
+    torch.testing.assert_close(hs.hybrid_generate(policy, PROMPTS, tau=1.0, **kw), base)
+    mid = hs.hybrid_generate(policy, PROMPTS, tau=0.5, **kw)
+    assert min((mid - own).abs().max(), (mid - base).abs().max()) > 1e-4
+    chunks = [
+        hs.hybrid_generate(policy, PROMPTS[:1], tau=0.5, first=0, **kw),
+        hs.hybrid_generate(policy, PROMPTS[1:], tau=0.5, first=1, **kw),
+    ]
+    torch.testing.assert_close(torch.cat(chunks), mid)
