@@ -71,8 +71,24 @@ def build_policy(cfg: RunConfig, device: torch.device) -> Any:
     """The policy of ``cfg.model`` on ``device`` (its network compiled with ``model.compile``)."""
     policy = POLICY_BUILDERS[cfg.model.family](cfg.model, device, cfg.sampling.shift)
     if cfg.model.compile:
+        check_compiler(device)
         policy.compile()
     return policy
+
+
+def check_compiler(device: torch.device) -> None:
+    """Compile and run a one-line function on ``device``, so that a machine where
+    ``torch.compile`` cannot work (on a CPU: no C++ compiler) fails here, with the setting
+    named, and not at the first forward of the first rollout."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(2, device=device))
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(
+            f"model.compile: torch.compile does not work on this machine ({device.type}: "
+            f"{type(err).__name__}: {first}); on a CPU it needs a C++ compiler (g++ or clang++ "
+            "on PATH, or CXX). Install one, or set model.compile=false."
+        ) from err
 
 
 def build_run_rewards(cfg: RunConfig) -> list[LoadedReward]:

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
+from benchmark_modules import load_benchmark
 
 from flowdppo.shapes.parser import parse_images
 from flowdppo.shapes.prompts import parse_prompt
 from flowdppo.shapes.render import render_uint8
 from flowdppo.shapes.world import COLORS, SHAPES, Scenes, place_object
 
-_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(_DIR))  # the benchmark imports its sibling shapes_base_skills
-_PATH = _DIR / "shapes_failures.py"
-_spec = importlib.util.spec_from_file_location("shapes_failures", _PATH)
-assert _spec is not None and _spec.loader is not None
-failures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(failures)
+failures = load_benchmark("shapes_failures")
 
 
 def _classify(prompt: str, objects: list[tuple[int, str, str]]) -> str:

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from benchmark_modules import load_benchmark
 
 from flowdppo.core.sde import gaussian_log_prob
 
-_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-_spec = importlib.util.spec_from_file_location(
-    "shapes_gradient_noise", _DIR / "shapes_gradient_noise.py"
-)
-assert _spec is not None and _spec.loader is not None
-gn = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gn)
+gn = load_benchmark("shapes_gradient_noise")
 
 
 def test_block_coordinates_of_white_noise_are_white_and_block_one_is_the_full_log_prob() -> None:

@@ -3,22 +3,16 @@ base's own evaluation samples, and its middle is neither."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
+from benchmark_modules import load_benchmark
 from trainer.tiny import build_tiny_checkpoint
 
 from flowdppo.models.shapes import ShapesPolicy
 from flowdppo.shapes.evaluate import generate
 
-_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-_spec = importlib.util.spec_from_file_location(
-    "shapes_hybrid_sampler", _DIR / "shapes_hybrid_sampler.py"
-)
-assert _spec is not None and _spec.loader is not None
-hs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(hs)
+hs = load_benchmark("shapes_hybrid_sampler")
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle above a white circle"]
 

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_modules import load_benchmark
 
 from flowdppo.shapes.prompts import parse_prompt
 from flowdppo.shapes.world import BACKGROUND, PALETTE
 
-_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(_DIR))  # the benchmark imports its sibling shapes_base_skills
-_spec = importlib.util.spec_from_file_location(
-    "shapes_relation_prior", _DIR / "shapes_relation_prior.py"
-)
-assert _spec is not None and _spec.loader is not None
-prior = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(prior)
+prior = load_benchmark("shapes_relation_prior")
 
 
 def test_colour_weights_recover_a_known_mixture():

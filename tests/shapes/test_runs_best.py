@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from benchmark_modules import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "shapes_runs_best.py"
-_spec = importlib.util.spec_from_file_location("shapes_runs_best", _PATH)
-assert _spec is not None and _spec.loader is not None
-best = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(best)
+best = load_benchmark("shapes_runs_best")
 
 
 def _run(root: Path, name: str, evals: dict[int, tuple[float, float]]) -> Path:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from benchmark_modules import load_benchmark
 
 from flowdppo.shapes.prompts import parse_prompt
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "shapes_split_overlap.py"
-_spec = importlib.util.spec_from_file_location("shapes_split_overlap", _PATH)
-assert _spec is not None and _spec.loader is not None
-overlap_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(overlap_mod)
+overlap_mod = load_benchmark("shapes_split_overlap")
 
 
 def _specs(*texts: str):

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
+from benchmark_modules import load_benchmark
 
 from flowdppo.core import LossInputs, get_sampler, ratio_clip_loss
 from flowdppo.trainer.trainer import Trainer
 
 from .tiny import tiny_config
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "shapes_ratio_vs_kl.py"
-_spec = importlib.util.spec_from_file_location("shapes_ratio_vs_kl", _PATH)
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_benchmark("shapes_ratio_vs_kl")
 
 
 def test_pair_stats_on_policy_then_the_closed_form_after_an_update(tiny_ckpt, tmp_path) -> None:

@@ -301,3 +301,18 @@ def test_compiled_run_matches_eager_and_keeps_its_checkpoint_format(tiny_ckpt, t
     resumed = Trainer(tiny_config(tiny_ckpt, *extra), tmp_path / "compiled", resume=True)
     assert resumed.iteration == 2
     assert all(torch.equal(v, wc[k]) for k, v in _trainable(resumed).items())
+
+
+def test_compile_on_a_machine_where_it_cannot_work_is_a_clear_error(
+    tiny_ckpt, tmp_path, monkeypatch
+) -> None:
+    def no_compiler(fn, *args, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("Failed to find C++ compiler. Please specify via CXX.\nmore")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with pytest.raises(ValueError, match=r"model\.compile: .*Failed to find C\+\+ compiler") as e:
+        Trainer(tiny_config(tiny_ckpt, "model.compile=true"), tmp_path / "run")
+    assert "model.compile=false" in str(e.value) and "more" not in str(e.value)
