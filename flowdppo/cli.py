@@ -92,7 +92,7 @@ def _shapes_eval_policy(
     _write_eval({**res.metrics, "table": res.table}, markdown_table(res, title), out)
 
 
-def _eval_dir_name(it: int, split: str, n: int, steps: int, cfg: float, run: RunConfig) -> str:
+def _eval_dir_name(it: int, split: str, n: int, steps: int, guidance: float, run: RunConfig) -> str:
     """``iter_N`` for the run's own evaluation settings, with a suffix for each one changed
     (``_train``, ``_n100``, ``_steps10``, ``_cfg1``), so that evaluations with other settings
     never overwrite each other."""
@@ -100,7 +100,7 @@ def _eval_dir_name(it: int, split: str, n: int, steps: int, cfg: float, run: Run
     name = f"iter_{it:06d}" + ("_train" if split == "train" else "")
     name += f"_n{n}" if n != ev.per_category else ""
     name += f"_steps{steps}" if steps != ev.num_inference_steps else ""
-    return name + (f"_cfg{cfg:g}" if cfg != run.eval_guidance_scale else "")
+    return name + (f"_cfg{guidance:g}" if guidance != run.eval_guidance_scale else "")
 
 
 def _eval(a: argparse.Namespace) -> int:
