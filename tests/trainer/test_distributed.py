@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from .tiny import read_lines, without_time
@@ -49,7 +50,10 @@ def _close(key: str, a: float, b: float) -> bool:
     return abs(a - b) <= 1e-5 * max(1.0, abs(a))
 
 
-def test_two_processes_match_one(tiny_ckpt, tmp_path) -> None:
+@pytest.mark.parametrize("compiled", [False, True])
+def test_two_processes_match_one(tiny_ckpt, tmp_path, compiled) -> None:
+    """With ``compiled``, the two processes run ``model.compile`` (each compiles its own
+    network; the gradient sum is outside it) against the same eager one-process run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     one, two = tmp_path / "one", tmp_path / "two"
     torchrun = [
@@ -62,7 +66,7 @@ def test_two_processes_match_one(tiny_ckpt, tmp_path) -> None:
         str(_free_port()),
     ]
     p2 = subprocess.Popen(
-        [*torchrun, str(SCRIPT), str(two), str(tiny_ckpt), *SETTINGS],
+        [*torchrun, str(SCRIPT), str(two), str(tiny_ckpt), *SETTINGS, f"model.compile={compiled}"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -75,7 +79,7 @@ def test_two_processes_match_one(tiny_ckpt, tmp_path) -> None:
         text=True,
         timeout=120,
     )
-    out2, _ = p2.communicate(timeout=120)
+    out2, _ = p2.communicate(timeout=300)
     assert p1.returncode == 0, p1.stdout + p1.stderr
     assert p2.returncode == 0, out2
 
