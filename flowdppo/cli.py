@@ -41,6 +41,12 @@ def _train(a: argparse.Namespace) -> int:
                 f"error: {a.out} already holds a run; use `flowdppo resume {a.out}` or another --out"
             )
     trainer = Trainer(cfg, a.out, resume=a.resume)
+    if cfg.model.compile:
+        print(
+            "model.compile: the first iteration and the first evaluation also compile the "
+            "network (about a minute on a CPU); the ones after run faster",
+            file=sys.stderr,
+        )
     try:
         trainer.train(a.max_iters)
     except KeyboardInterrupt:

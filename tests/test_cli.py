@@ -248,3 +248,10 @@ def test_shapes_pretrain_passes_the_prior_term_flags(tmp_path, monkeypatch):
     bad = ["shapes", "pretrain", "--out", str(tmp_path / "x"), "--prior-batch", "2"]
     assert cli.main([*bad, "--prior-category", "spatial"]) == 2
     assert not (tmp_path / "x" / "pretrain_state.pt").exists()
+
+
+def test_train_with_compile_says_the_first_iteration_compiles(ckpt, tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = cli("train", "--out", str(out), *_sets(ckpt, "model.compile=true"), "--max-iters", "0")
+    assert "model.compile: the first iteration and the first evaluation" in proc.stderr
+    assert "compile: true" in (out / "config.yaml").read_text()
