@@ -12,47 +12,27 @@ If the accuracy holds as τ falls, the run's changes at the late steps neither h
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from flowdppo.core import sample
-from flowdppo.shapes.evaluate import eval_specs, score_eval
+from flowdppo.shapes.evaluate import eval_specs, generate, score_eval
 
 
-@torch.no_grad()
-def hybrid_generate(
-    policy: Any,
-    prompts: list[str],
-    *,
-    tau: float,
-    steps: int,
-    guidance_scale: float,
-    seed: int,
-    first: int = 0,
-) -> torch.Tensor:
-    """ODE samples with the policy's velocity where σ > ``tau`` and the reference's elsewhere;
-    the noise of prompt j is seeded (seed, first + j) as in ``flowdppo.shapes.evaluate.generate``
-    (``first``: the index of ``prompts[0]`` in the whole evaluation)."""
-    noise = torch.stack(
-        [
-            torch.randn(
-                *policy.latent_shape,
-                generator=torch.Generator().manual_seed(seed * 1_000_003 + first + j),
-            )
-            for j in range(len(prompts))
-        ]
-    ).to(policy.device)
-    cond = policy.encode_prompts(prompts)
+def hybrid_velocity(
+    policy: Any, tau: float, guidance_scale: float
+) -> Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]:
+    """The CFG velocity of the policy where σ > ``tau`` and of its reference (``policy.reference``)
+    elsewhere, as ``flowdppo.shapes.evaluate.generate``'s ``velocity``."""
 
-    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def velocity(x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
         if float(sigma.flatten()[0]) > tau:
             return policy.velocity(x, sigma, cond, guidance_scale)
         with policy.reference():
             return policy.velocity(x, sigma, cond, guidance_scale)
 
-    latents = sample(velocity, noise, policy.sigmas(steps), sampler="ode").latents
-    return policy.decode(latents).cpu()
+    return velocity
 
 
 def main() -> None:
@@ -68,32 +48,23 @@ def main() -> None:
     policy, cfg, it = load_run_policy(a.run)
     specs = eval_specs(a.n, "test")
     prompts = [s.text for s in specs]
-    e = cfg.eval
-    print(f"{a.run} (iteration {it}); ODE {e.num_inference_steps}, CFG {cfg.eval_guidance_scale}")
-    print("| τ | strict overall | " + " | ".join(_cats(specs)) + " |")
-    print("|---|---|" + "---|" * len(_cats(specs)))
+    e, g = cfg.eval, cfg.eval_guidance_scale
+    cats = list(dict.fromkeys(s.category for s in specs))
+    print(f"{a.run} (iteration {it}); ODE {e.num_inference_steps}, CFG {g}")
+    print("| τ | strict overall | " + " | ".join(cats) + " |")
+    print("|---|---|" + "---|" * len(cats))
     for tau in (float(t) for t in a.taus.split(",")):
-        images = torch.cat(
-            [
-                hybrid_generate(
-                    policy,
-                    prompts[lo : lo + 256],
-                    tau=tau,
-                    steps=e.num_inference_steps,
-                    guidance_scale=cfg.eval_guidance_scale,
-                    seed=e.seed,
-                    first=lo,
-                )
-                for lo in range(0, len(prompts), 256)
-            ]
+        images = generate(
+            policy,
+            prompts,
+            steps=e.num_inference_steps,
+            guidance_scale=g,
+            seed=e.seed,
+            velocity=hybrid_velocity(policy, tau, g),
         )
         m = score_eval(images, specs, with_features=False).metrics
-        row = [f"{100 * m[f'eval/strict_{c}']:.0f}" for c in _cats(specs)]
+        row = [f"{100 * m[f'eval/strict_{c}']:.0f}" for c in cats]
         print(f"| {tau:g} | {100 * m['eval/strict_overall']:.1f}% | " + " | ".join(row) + " |")
-
-
-def _cats(specs: list) -> list[str]:
-    return list(dict.fromkeys(s.category for s in specs))
 
 
 if __name__ == "__main__":

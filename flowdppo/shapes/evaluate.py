@@ -11,6 +11,7 @@ distance to fresh renders of the same prompts, and the within-prompt feature div
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +49,13 @@ def generate(
     seed: int,
     batch_size: int = 256,
     progress: bool = False,
+    velocity: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """ODE samples of ``prompts``: images [N, 3, H, W] in [0, 1]; noise of sample j seeded (seed, j)."""
+    """ODE samples of ``prompts``: images [N, 3, H, W] in [0, 1]; noise of sample j seeded (seed, j).
+
+    ``velocity(x, sigma, cond)`` replaces the policy's own CFG velocity (``cond``: the batch's
+    encoded prompts), for samplers built from the policy, e.g. one that switches to the reference
+    model at some σ (``benchmarks/shapes_hybrid_sampler.py``)."""
     out = []
     sigmas = policy.sigmas(steps)
     for lo in tqdm(
@@ -66,7 +72,10 @@ def generate(
             ]
         ).to(policy.device)
         cond = policy.encode_prompts(chunk)
-        vel = lambda x, s, c=cond: policy.velocity(x, s, c, guidance_scale)  # noqa: E731
+        if velocity is None:
+            vel = lambda x, s, c=cond: policy.velocity(x, s, c, guidance_scale)  # noqa: E731
+        else:
+            vel = lambda x, s, c=cond: velocity(x, s, c)  # noqa: E731
         out.append(policy.decode(sample(vel, noise, sigmas, sampler="ode").latents).cpu())
     return torch.cat(out)
 
