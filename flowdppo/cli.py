@@ -2,7 +2,7 @@
 
 flowdppo train [CONFIG] [--set k=v ...] [--max-iters N] --out DIR [--resume]
 flowdppo resume DIR [--max-iters N]
-flowdppo eval --run DIR [--n N] [--steps S] [--split test|train]
+flowdppo eval --run DIR [--n N] [--steps S] [--cfg G] [--split test|train]
 flowdppo sample --run DIR --prompt P [--prompt P ...] [--n 4] --out grid.png
 flowdppo plot --run DIR [--run DIR ...] --out plot.png
 flowdppo export --run DIR --out DIR
@@ -130,7 +130,7 @@ def _eval(a: argparse.Namespace) -> int:
     if shapes:
         _shapes_eval_policy(policy, out, n, steps, g, cfg.eval.seed, a.split)
         return 0
-    m = evaluate(policy, cfg, build_run_rewards(cfg), out / "grid.png", a.n, a.steps, g)
+    m = evaluate(policy, cfg, build_run_rewards(cfg), out / "grid.png", n, steps, g)
     _write_eval(m, "\n".join(f"- {k}: {v:.4f}" for k, v in m.items()) + "\n", out)
     return 0
 

@@ -110,6 +110,22 @@ def test_eval_split_train_is_refused_for_a_prompt_file_run(run, tmp_path) -> Non
     assert str(tmp_path / "config.yaml") in proc.stderr and "prompts.txt" in proc.stderr
 
 
+def test_eval_of_a_prompt_file_run_takes_n_steps_and_cfg(run, tmp_path) -> None:
+    """A run that evaluates a prompt file (its reward, not the Shapes table): --n, --steps and
+    --cfg reach the evaluation and name its directory; no checkpoint = the base, iteration 0."""
+    (tmp_path / "prompts.txt").write_text("a red circle\na blue square\na green triangle\n")
+    text = (run / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(
+        text.replace("eval_prompts: shapes:test", f"eval_prompts: {tmp_path / 'prompts.txt'}")
+    )
+    cli("eval", "--run", str(tmp_path), "--n", "2", "--steps", "2", "--cfg", "1.5")
+    cli("eval", "--run", str(tmp_path), "--n", "2", "--steps", "2")
+    a, b = (tmp_path / "eval" / f"iter_000000_n2_steps2{s}" for s in ("_cfg1.5", ""))
+    ma, mb = (json.loads((d / "eval.json").read_text()) for d in (a, b))
+    assert set(ma) == {"eval/reward_mean", "eval/jpeg_incompressibility"}
+    assert ma["eval/reward_mean"] != mb["eval/reward_mean"]  # the guidance scale reached it
+
+
 def test_eval_refuses_a_guidance_scale_below_one(run) -> None:
     proc = cli("eval", "--run", str(run), "--cfg", "0.5", check=False)
     assert proc.returncode != 0 and "--cfg must be >= 1.0" in proc.stderr
