@@ -236,6 +236,7 @@ def _shapes_pretrain(a: argparse.Namespace) -> int:
         prior_weight=a.prior_weight,
         prior_categories=a.prior_category,
         flow_weight=a.flow_weight,
+        caption_noise=a.caption_noise,
     )
     from flowdppo.shapes.model import ShapesModelConfig
 
@@ -404,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=PretrainConfig.flow_weight,
         help="weight of the flow-matching loss (0: the prior term alone)",
+    )
+    sp.add_argument(
+        "--caption-noise",
+        type=float,
+        default=PretrainConfig.caption_noise,
+        help="fraction of two_object/color_attr/counting/position training images rendered from "
+        "a scene their prompt gets wrong in one detail (noisy captions; 0 = clean)",
     )
     sp.set_defaults(func=_shapes_pretrain)
     se = sh.add_parser(

@@ -32,7 +32,14 @@ import torch
 from tqdm import tqdm
 
 from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig, load_checkpoint, tokenize
-from flowdppo.shapes.prompts import CATEGORIES, PromptSpec, sample_scenes, split_by_category
+from flowdppo.shapes.prompts import (
+    CATEGORIES,
+    MISCAPTIONED,
+    PromptSpec,
+    miscaption,
+    sample_scenes,
+    split_by_category,
+)
 from flowdppo.shapes.render import render
 
 
@@ -79,6 +86,12 @@ class PretrainConfig:
     # evaluating shift × CFG on the test prompts; see docs/shapes.md, "The base model").
     sample_shift: float = 1.0
     sample_guidance_scale: float = 3.0
+    # Noisy captions (docs/shapes.md, "Noisy captions"): the fraction of training images of the
+    # compositional categories (prompts.MISCAPTIONED) rendered from a scene that their prompt
+    # gets wrong in one detail (prompts.miscaption: a count off by one, the opposite relation,
+    # swapped colours, the same object twice), as web alt-text is wrong. The model then puts that
+    # much of its mass on the wrong scene: failures of the kind RL sharpens away. 0 = clean.
+    caption_noise: float = 0.0
 
 
 def _check_recipe(cfg: PretrainConfig) -> None:
@@ -87,6 +100,10 @@ def _check_recipe(cfg: PretrainConfig) -> None:
         raise ValueError(
             f"prior_batch must be >= 0 and prior_scenes >= 1, got {cfg.prior_batch} and "
             f"{cfg.prior_scenes} (--prior-batch, --prior-scenes)"
+        )
+    if not 0 <= cfg.caption_noise <= 1:
+        raise ValueError(
+            f"caption_noise (--caption-noise): a fraction in [0, 1], got {cfg.caption_noise}"
         )
     if cfg.flow_weight < 0 or cfg.prior_weight < 0:
         raise ValueError(
@@ -141,11 +158,28 @@ def _draw_prompts(
     return [by_cat[CATEGORIES[c]][rng.integers(len(by_cat[CATEGORIES[c]]))] for c in cats]
 
 
+def _miscaptioned(
+    specs: list[PromptSpec], noise: float, rng: np.random.Generator
+) -> list[PromptSpec]:
+    """The scenes to render for ``specs`` under caption noise: each prompt of a category in
+    ``MISCAPTIONED`` is replaced, with probability ``noise``, by a scene it gets wrong."""
+    if noise == 0:
+        return specs
+    u = rng.random(len(specs))
+    return [
+        miscaption(s, rng) if s.category in MISCAPTIONED and x < noise else s
+        for s, x in zip(specs, u, strict=True)
+    ]
+
+
 def make_batch(step: int, cfg: PretrainConfig, by_cat: Mapping[str, Sequence[PromptSpec]]):
-    """The training batch of ``step``: (x0 [B,3,32,32] in [-1,1], prompts, eps, sigma)."""
+    """The training batch of ``step``: (x0 [B,3,32,32] in [-1,1], prompts, eps, sigma). The
+    prompts are those drawn; the renders follow ``cfg.caption_noise`` (its draws come from a
+    stream of their own, so with 0 the batch is the clean recipe's, bit for bit)."""
     rng = np.random.default_rng([cfg.seed, step])
     specs = _draw_prompts(rng, cfg.batch_size, cfg.category_weights, by_cat)
-    x0 = render(sample_scenes(specs, rng)) * 2 - 1
+    scenes = _miscaptioned(specs, cfg.caption_noise, np.random.default_rng([cfg.seed, step, 2]))
+    x0 = render(sample_scenes(scenes, rng)) * 2 - 1
     drop = rng.random(cfg.batch_size) < cfg.p_uncond
     prompts = ["" if d else s.text for s, d in zip(specs, drop, strict=True)]
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -168,7 +202,12 @@ def make_prior_batch(step: int, cfg: PretrainConfig, by_cat: Mapping[str, Sequen
         weights = {c: float(c in cfg.prior_categories) for c in CATEGORIES}
     specs = _draw_prompts(rng, cfg.prior_batch, weights, by_cat)
     k = cfg.prior_scenes
-    x0 = render(sample_scenes([s for s in specs for _ in range(k)], rng)) * 2 - 1
+    scenes = _miscaptioned(
+        [s for s in specs for _ in range(k)],
+        cfg.caption_noise,
+        np.random.default_rng([cfg.seed, step, 3]),
+    )
+    x0 = render(sample_scenes(scenes, rng)) * 2 - 1
     target = x0.view(len(specs), k, *x0.shape[1:]).mean(1)
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     eps = torch.randn(target.shape, generator=gen)

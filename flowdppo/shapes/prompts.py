@@ -247,6 +247,40 @@ def _relation_holds(relation: str, a: int, b: int) -> bool:
     }[relation]
 
 
+# What a noisy caption gets wrong, per category (``miscaption``): the compositional detail that
+# web alt-text is known to get wrong (counts, relations, which colour goes with which shape).
+OPPOSITE = {
+    "to the left of": "to the right of",
+    "to the right of": "to the left of",
+    "above": "below",
+    "below": "above",
+}
+MISCAPTIONED = ("two_object", "color_attr", "counting", "position")
+
+
+def miscaption(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
+    """The spec of a scene that ``spec.text`` would caption wrongly, in one compositional detail:
+    counting: one object more or fewer (within 1..4); position: the opposite relation;
+    color_attr: the two colours swapped; two_object: the first object twice. A scene of the
+    result fails ``spec``'s strict check by exactly that detail (tested). Categories outside
+    ``MISCAPTIONED`` are refused: their captions are kept right (the easy prompts)."""
+    if spec.category not in MISCAPTIONED:
+        raise ValueError(
+            f"miscaption: category {spec.category!r} is kept right; expected one of {MISCAPTIONED}"
+        )
+    a = spec.groups[0]
+    if spec.category == "counting":
+        n = a.count - 1 if a.count == 4 or rng.random() < 0.5 else a.count + 1
+        return PromptSpec(spec.category, (ObjectGroup(a.color, a.shape, n),))
+    if spec.category == "position":
+        return PromptSpec(spec.category, spec.groups, OPPOSITE[str(spec.relation)])
+    b = spec.groups[1]
+    if spec.category == "color_attr":
+        groups = (ObjectGroup(b.color, a.shape), ObjectGroup(a.color, b.shape))
+        return PromptSpec(spec.category, groups)
+    return PromptSpec(spec.category, (ObjectGroup(a.color, a.shape, 2),))  # two_object
+
+
 def sample_scenes(specs: list[PromptSpec], rng: np.random.Generator) -> Scenes:
     """One random scene per prompt that satisfies it exactly (and contains nothing else)."""
     scenes = Scenes.empty(len(specs))

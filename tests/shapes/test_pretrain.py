@@ -12,8 +12,16 @@ from safetensors.torch import load_file
 
 from flowdppo.shapes import pretrain as pt
 from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig
-from flowdppo.shapes.prompts import CATEGORIES, load_split, sample_scenes, split_by_category
-from flowdppo.shapes.render import render
+from flowdppo.shapes.prompts import (
+    CATEGORIES,
+    OPPOSITE,
+    PromptSpec,
+    load_split,
+    sample_scenes,
+    split_by_category,
+)
+from flowdppo.shapes.render import render, to_uint8
+from flowdppo.shapes.score import score_images
 from flowdppo.shapes.world import BACKGROUND, PALETTE
 
 TINY = ShapesModelConfig(
@@ -257,3 +265,48 @@ def test_flow_loss_against_its_closed_form_at_initialisation():
     ]
     expected = torch.stack(per_sample).mean()
     torch.testing.assert_close(pt.flow_loss(model, x0, prompts, eps, sigma), expected)
+
+
+def test_caption_noise_renders_that_fraction_of_compositional_prompts_wrong():
+    by_cat = split_by_category("train")
+    specs = {s.text: s for s in load_split("train")}
+    n, q = 1200, 0.3
+    clean_cfg = pt.PretrainConfig(batch_size=n, p_uncond=0.0, seed=4)
+    noisy_cfg = pt.PretrainConfig(batch_size=n, p_uncond=0.0, seed=4, caption_noise=q)
+    clean, noisy = pt.make_batch(2, clean_cfg, by_cat), pt.make_batch(2, noisy_cfg, by_cat)
+    assert noisy[1] == clean[1]  # the same prompts (captions)
+    ok = score_images(to_uint8((noisy[0] + 1) / 2), [specs[p] for p in noisy[1]]).geneval
+    cats = np.array([specs[p].category for p in noisy[1]])
+    easy = np.isin(cats, ["single_object", "colors"])
+    assert ok[easy].all()  # easy prompts are always captioned right
+    # Binomial: ≈ 800 compositional prompts, sd of the wrong fraction ≈ 0.016.
+    assert 1 - ok[~easy].mean() == pytest.approx(q, abs=0.06)
+    # 0 is the clean recipe bit for bit (the noise draws come from a stream of their own).
+    zero = pt.make_batch(2, pt.PretrainConfig(batch_size=n, p_uncond=0.0, seed=4), by_cat)
+    assert torch.equal(zero[0], clean[0])
+    assert score_images(to_uint8((clean[0] + 1) / 2), [specs[p] for p in clean[1]]).geneval.all()
+    # The prior term's targets are means over miscaptioned renders too: with every caption of
+    # a position prompt wrong, the mean render shows the opposite relation.
+    prior = dict(prior_batch=4, prior_scenes=64, prior_categories=["position"], seed=1)
+    right = pt.make_prior_batch(0, pt.PretrainConfig(**prior), by_cat)
+    flipped = pt.make_prior_batch(0, pt.PretrainConfig(**prior, caption_noise=1.0), by_cat)
+    assert right[1] == flipped[1]
+    for text, t_right, t_flip in zip(right[1], right[2], flipped[2], strict=True):
+        spec = specs[text]
+        mirror = PromptSpec(spec.category, spec.groups, OPPOSITE[spec.relation])
+        ref_right, ref_mirror = (
+            render(sample_scenes([x] * 2000, np.random.default_rng(5))).mean(0) * 2 - 1
+            for x in (spec, mirror)
+        )
+
+        def dist(a, b):
+            return float((a - b).abs().mean())
+
+        assert dist(t_flip, ref_mirror) < dist(t_flip, ref_right)
+        assert dist(t_right, ref_right) < dist(t_right, ref_mirror)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_bad_caption_noise_is_refused(tmp_path, bad):
+    with pytest.raises(ValueError, match="--caption-noise"):
+        pt.pretrain(tmp_path, pt.PretrainConfig(steps=1, caption_noise=bad), TINY)

@@ -9,13 +9,19 @@ import pytest
 
 from flowdppo.shapes.prompts import (
     CATEGORIES,
+    MISCAPTIONED,
+    OPPOSITE,
     ObjectGroup,
     all_prompts,
     load_split,
     make_split,
+    miscaption,
     parse_prompt,
     sample_scenes,
+    split_by_category,
 )
+from flowdppo.shapes.render import render, to_uint8
+from flowdppo.shapes.score import score_images
 from flowdppo.shapes.world import GRID
 
 # One hand-written example per category: (text, category, groups as (colour, shape, count) indices,
@@ -226,3 +232,40 @@ def test_split_by_category_partitions_the_split_in_order() -> None:
         assert flat == sorted(s.text for s in load_split(name))
         with pytest.raises(TypeError):  # the cached mapping is shared: no caller may change it
             groups["position"] = ()  # type: ignore[index]
+
+
+@pytest.mark.parametrize("category", MISCAPTIONED)
+def test_miscaption_gets_exactly_one_compositional_detail_wrong(category):
+    specs = split_by_category("train")[category]
+    rng = np.random.default_rng(0)
+    wrong = [miscaption(s, rng) for s in specs]
+    for s, w in zip(specs, wrong, strict=True):
+        if category == "counting":  # one more or one fewer, within the world's 1..4
+            (a,), (b,) = s.groups, w.groups
+            assert (a.color, a.shape) == (b.color, b.shape) and abs(a.count - b.count) == 1
+            assert 1 <= b.count <= 4
+        elif category == "position":
+            assert w.groups == s.groups and w.relation == OPPOSITE[s.relation]
+            assert OPPOSITE[w.relation] == s.relation
+        elif category == "color_attr":  # the shapes stay, the colours change places
+            a, b = s.groups
+            assert [(g.color, g.shape) for g in w.groups] == [
+                (b.color, a.shape),
+                (a.color, b.shape),
+            ]
+        else:  # two_object: the first object twice
+            assert w.groups == (ObjectGroup(s.groups[0].color, s.groups[0].shape, 2),)
+    if category == "counting":  # both directions occur
+        assert {
+            w.groups[0].count - s.groups[0].count for s, w in zip(specs, wrong, strict=True)
+        } == {-1, 1}
+    # A render of the wrong scene passes its own spec and fails the caption's strict check.
+    images = to_uint8(render(sample_scenes(wrong, rng)))
+    assert score_images(images, wrong).geneval.all()
+    assert not score_images(images, list(specs)).geneval.any()
+
+
+@pytest.mark.parametrize("category", ["single_object", "colors"])
+def test_easy_prompts_are_never_miscaptioned(category):
+    with pytest.raises(ValueError, match="kept right"):
+        miscaption(split_by_category("train")[category][0], np.random.default_rng(0))
