@@ -43,7 +43,9 @@ class ModelConfig:
     lora_rank: int = _f(16, "LoRA rank (ignored with full_finetune)")
     lora_alpha: float = _f(32.0, "LoRA alpha; the update is scaled by alpha / rank")
     lora_target_modules: list[str] | None = _f(
-        None, "module names to adapt (None: the family's attention/MLP default)"
+        None,
+        "module names to adapt (None: the family's attention/MLP default); layers of the frozen "
+        "text encoder are refused (prompts are encoded once, without gradients)",
     )
     full_finetune: bool = _f(
         False, "train all transformer weights instead of LoRA (reference = frozen copy)"

@@ -66,12 +66,23 @@ class ShapesPolicy:
             self.model.requires_grad_(True)
             self.model.text.requires_grad_(False)
         else:
-            add_lora(
-                self.model,
-                rank=lora_rank,
-                alpha=lora_alpha,
-                target_modules=lora_target_modules or DEFAULT_TARGETS,
+            targets = lora_target_modules or DEFAULT_TARGETS
+            add_lora(self.model, rank=lora_rank, alpha=lora_alpha, target_modules=targets)
+            frozen = sorted(
+                {
+                    n.split(".lora_")[0]
+                    for n, _ in self.model.text.named_parameters()
+                    if ".lora_" in n
+                }
             )
+            if frozen:
+                raise ValueError(
+                    f"model.lora_target_modules: {list(targets)} places LoRA on the text encoder "
+                    f"(text.{', text.'.join(frozen)}), which is frozen: each prompt is encoded once, "
+                    "without gradients, so those adapters would never train. Target layers of the "
+                    "flow network instead (the default: qkv, proj, fc1, fc2; also ada, pool_mlp.0, "
+                    "pool_mlp.2, text_proj)"
+                )
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._null = self._encode([""])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from flowdppo.shapes.model import ShapesFlowModel, sincos_1d, sincos_2d
@@ -99,3 +100,25 @@ def test_velocity_skip_adds_sigma_times_the_input():
         v = skip(x, sigma, cond["text"], cond["mask"])
     torch.testing.assert_close(v, sigma[:, None, None, None] * x, atol=0, rtol=0)
     assert skip.cfg.to_dict()["velocity_skip"] is True
+
+
+def test_lora_on_the_frozen_text_encoder_is_refused_and_the_flow_network_trains():
+    from flowdppo.models.shapes import ShapesPolicy, load_base_model
+
+    model, _ = load_base_model()
+    with pytest.raises(ValueError, match=r"model\.lora_target_modules.*text\.encoder"):
+        ShapesPolicy(model, lora_target_modules=["linear1", "qkv"])
+    # Targets in the flow network (including those fed by the cached text encoding) get
+    # gradients through a velocity from a cached prompt encoding, as in the trainer's update.
+    policy = ShapesPolicy(
+        load_base_model()[0], lora_target_modules=["qkv", "pool_mlp.0", "text_proj"]
+    )
+    cond = policy.encode_prompts(["a red circle to the left of a blue square"])
+    assert not cond["text"].requires_grad  # encoded once, without gradients
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    policy.velocity(x, torch.tensor([0.9]), cond, 3.0).square().sum().backward()
+    trained = [(n, p) for n, p in policy.model.named_parameters() if p.requires_grad]
+    assert {n.split(".")[0] for n, _ in trained} == {"blocks", "pool_mlp", "text_proj"}
+    # B starts at 0, so A's gradient is 0 at first; every B's is not.
+    assert all(p.grad is not None for _, p in trained)
+    assert all(float(p.grad.abs().sum()) > 0 for n, p in trained if "lora_B" in n)
