@@ -90,7 +90,8 @@ class PretrainConfig:
     # compositional categories (prompts.MISCAPTIONED) rendered from a scene that their prompt
     # gets wrong in one detail (prompts.miscaption: a count off by one, the opposite relation,
     # swapped colours, the same object twice), as web alt-text is wrong. The model then puts that
-    # much of its mass on the wrong scene: failures of the kind RL sharpens away. 0 = clean.
+    # much of its mass on the wrong scene, an alternative it can draw, not a skill it lacks (what
+    # RL makes of such failures: docs/tuning.md, Session 11). 0 = clean.
     caption_noise: float = 0.0
 
 
