@@ -41,9 +41,9 @@ from shapes_base_skills import load_policy
 from flowdppo.shapes.model import tokenize
 from flowdppo.shapes.pretrain import PretrainConfig, make_prior_batch, prior_loss
 from flowdppo.shapes.prompts import (
+    OPPOSITE,
     PromptSpec,
     load_split,
-    parse_prompt,
     sample_scenes,
     split_by_category,
 )
@@ -103,15 +103,6 @@ def model_mean(policy, spec: PromptSpec, n: int, seed: int, guidance: float) -> 
     return policy.decode(x - v).mean(0).double().cpu().numpy()
 
 
-# The opposite relation: the same axis, the other sign.
-MIRROR = {
-    r: o
-    for r, (ax, sg) in AXIS.items()
-    for o, (ax2, sg2) in AXIS.items()
-    if (ax2, sg2) == (ax, -sg)
-}
-
-
 def save_figure(policy, specs: list[PromptSpec], n: int, path: str, samples: int) -> None:
     """Rows of [world, model] mean images at σ = 1 for a prompt and for the same prompt with the
     opposite relation: a model that reads the relation moves the colours; one that does not
@@ -122,7 +113,7 @@ def save_figure(policy, specs: list[PromptSpec], n: int, path: str, samples: int
     for i, spec in enumerate(specs[:n]):
         rel = spec.relation
         assert rel is not None
-        mirror = parse_prompt(spec.text.replace(rel, MIRROR[rel]))
+        mirror = PromptSpec(spec.category, spec.groups, OPPOSITE[rel])
         for s in (spec, mirror):
             images += [world_mean(s, samples, i), model_mean(policy, s, samples, i, 1.0)]
             captions += [f"world: {s.text}", f"model: {s.text}"]

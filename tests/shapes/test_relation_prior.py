@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from benchmark_modules import load_benchmark
 
-from flowdppo.shapes.prompts import parse_prompt
+from flowdppo.shapes.prompts import OPPOSITE, parse_prompt
 from flowdppo.shapes.world import BACKGROUND, PALETTE
 
 prior = load_benchmark("shapes_relation_prior")
@@ -41,11 +41,11 @@ def test_separation_of_the_world_prior_has_the_closed_form_size_and_sign():
 
 
 @pytest.mark.parametrize("relation", list(prior.AXIS))
-def test_mirror_is_the_opposite_relation(relation):
-    # The world's mean for the mirrored prompt, read with the original relation, points the
-    # other way by the closed-form separation.
+def test_opposite_relation_mirrors_the_world_prior(relation):
+    # prompts.OPPOSITE (the benchmark's mirror, caption noise's flip): the world's mean for the
+    # opposite prompt, read with the original relation, points the other way by the closed form.
     spec = parse_prompt(f"a red circle {relation} a blue square")
-    mirror = parse_prompt(f"a red circle {prior.MIRROR[relation]} a blue square")
-    assert prior.MIRROR[prior.MIRROR[relation]] == relation != prior.MIRROR[relation]
+    mirror = parse_prompt(f"a red circle {OPPOSITE[relation]} a blue square")
+    assert OPPOSITE[OPPOSITE[relation]] == relation != OPPOSITE[relation]
     sep = prior.separation(prior.world_mean(mirror, 1000, 3), spec)
     assert sep == pytest.approx(-8 * 5 / 3, abs=1.0)
