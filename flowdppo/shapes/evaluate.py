@@ -56,6 +56,7 @@ def generate(
     ``velocity(x, sigma, cond)`` replaces the policy's own CFG velocity (``cond``: the batch's
     encoded prompts), for samplers built from the policy, e.g. one that switches to the reference
     model at some σ (``benchmarks/shapes_hybrid_sampler.py``)."""
+    field = velocity or (lambda x, s, c: policy.velocity(x, s, c, guidance_scale))
     out = []
     sigmas = policy.sigmas(steps)
     for lo in tqdm(
@@ -72,10 +73,7 @@ def generate(
             ]
         ).to(policy.device)
         cond = policy.encode_prompts(chunk)
-        if velocity is None:
-            vel = lambda x, s, c=cond: policy.velocity(x, s, c, guidance_scale)  # noqa: E731
-        else:
-            vel = lambda x, s, c=cond: velocity(x, s, c)  # noqa: E731
+        vel = lambda x, s, c=cond: field(x, s, c)  # noqa: E731
         out.append(policy.decode(sample(vel, noise, sigmas, sampler="ode").latents).cpu())
     return torch.cat(out)
 

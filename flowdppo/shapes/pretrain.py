@@ -164,8 +164,6 @@ def _miscaptioned(
 ) -> list[PromptSpec]:
     """The scenes to render for ``specs`` under caption noise: each prompt of a category in
     ``MISCAPTIONED`` is replaced, with probability ``noise``, by a scene it gets wrong."""
-    if noise == 0:
-        return specs
     u = rng.random(len(specs))
     return [
         miscaption(s, rng) if s.category in MISCAPTIONED and x < noise else s
