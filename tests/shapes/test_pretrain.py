@@ -281,9 +281,11 @@ def test_caption_noise_renders_that_fraction_of_compositional_prompts_wrong():
     assert ok[easy].all()  # easy prompts are always captioned right
     # Binomial: ≈ 800 compositional prompts, sd of the wrong fraction ≈ 0.016.
     assert 1 - ok[~easy].mean() == pytest.approx(q, abs=0.06)
-    # 0 is the clean recipe bit for bit (the noise draws come from a stream of their own).
-    zero = pt.make_batch(2, pt.PretrainConfig(batch_size=n, p_uncond=0.0, seed=4), by_cat)
-    assert torch.equal(zero[0], clean[0])
+    # 0 is the clean recipe bit for bit (the noise draws come from a stream of their own): the
+    # renders of the drawn prompts from the batch's own stream, recomputed here by hand.
+    rng = np.random.default_rng([4, 2])
+    drawn = pt._draw_prompts(rng, n, None, by_cat)
+    assert torch.equal(clean[0], render(sample_scenes(drawn, rng)) * 2 - 1)
     assert score_images(to_uint8((clean[0] + 1) / 2), [specs[p] for p in clean[1]]).geneval.all()
     # The prior term's targets are means over miscaptioned renders too: with every caption of
     # a position prompt wrong, the mean render shows the opposite relation.
