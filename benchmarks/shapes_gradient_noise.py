@@ -21,7 +21,8 @@ al., 2018). An optimizer step on far fewer samples than B is mostly noise. From 
 rollouts, optionally: the gradient of the log-prob of block-averaged (low-frequency) coordinates
 only (``--lowpass``: is the noise in the pixel dimensions the reward ignores?), LoRA on other
 target modules (``--lora-targets``), and full fine-tuning with B per parameter group
-(``--by-group``: where in the network the signal is shared across samples).
+(``--by-group``: where in the network the signal is shared across samples; with
+``--text-encoder`` the text encoder, which the policy keeps frozen, trains too).
 
     .venv/bin/python benchmarks/shapes_gradient_noise.py attribution
     .venv/bin/python benchmarks/shapes_gradient_noise.py per-step --categories two_object color_attr position counting
@@ -32,6 +33,8 @@ target modules (``--lora-targets``), and full fine-tuning with B per parameter g
         --lora-targets qkv,proj,ada qkv,proj,ada,pool_mlp.0,pool_mlp.2 ada,pool_mlp.0,pool_mlp.2
     .venv/bin/python benchmarks/shapes_gradient_noise.py noise-scale --n 24 --threads 1 \
         --categories position --checkpoint B2/model_ema.safetensors --lora-targets ada,pool_mlp.0,pool_mlp.2
+    .venv/bin/python benchmarks/shapes_gradient_noise.py noise-scale --n 24 --threads 1 \
+        --categories color_attr --steps 0 --by-group --text-encoder --checkpoint CKPT
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import torch
 from flowdppo.core import group_advantages, recompute_step, sample
 from flowdppo.models.shapes import ShapesPolicy
 from flowdppo.shapes.evaluate import eval_specs
+from flowdppo.shapes.model import tokenize
 from flowdppo.shapes.prompts import CATEGORIES, load_split
 from flowdppo.shapes.render import to_uint8
 from flowdppo.shapes.score import score_images
@@ -52,9 +56,14 @@ CFG, T = 3.0, 10
 HARD = ("two_object", "color_attr", "counting", "position")
 
 
-def _velocity(policy, texts):
-    """The CFG velocity field of ``policy`` for the prompts ``texts`` (one per sample)."""
-    cond = policy.encode_prompts(texts)
+def _velocity(policy, texts, text_grad: bool = False):
+    """The CFG velocity field of ``policy`` for the prompts ``texts`` (one per sample);
+    ``text_grad``: the prompts encoded with gradients (the policy caches them without), so that
+    a trainable text encoder gets its share of the gradient."""
+    if text_grad:
+        cond = policy.model.encode_text(tokenize(texts, policy.model.cfg.max_tokens))
+    else:
+        cond = policy.encode_prompts(texts)
     return lambda x, s: policy.velocity(x, s, cond, CFG)
 
 
@@ -151,6 +160,7 @@ def noise_scale(
     lora_targets: tuple[str, ...] = (),
     by_group: bool = False,
     checkpoint: str | None = None,
+    text_encoder: bool = False,
 ):
     """B of the default LoRA gradient and, from the same rollouts, of its variants: the
     log-prob of block-averaged coordinates only (``lowpass``), other LoRA target sets
@@ -167,6 +177,7 @@ def noise_scale(
         variants.append((f"LoRA on {t}", other, 1, False))
     if by_group:
         full = ShapesPolicy.from_pretrained(checkpoint, full_finetune=True)
+        full.model.text.requires_grad_(text_encoder)  # the policy keeps it frozen
         variants.append(("full fine-tuning", full, 1, True))
     rng = np.random.default_rng(0)
     grads: dict[str, list[torch.Tensor]] = {}
@@ -192,7 +203,7 @@ def noise_scale(
         r = torch.from_numpy(scores[reward])
         adv = group_advantages(r.unsqueeze(1), torch.arange(p).repeat_interleave(g))
         for label, pol, block, per_group in variants:
-            velocity = _velocity(pol, texts)
+            velocity = _velocity(pol, texts, text_grad=per_group and text_encoder)
             loss = torch.zeros(())
             for k in range(len(steps)):
                 new = recompute_step(
@@ -261,6 +272,11 @@ def main() -> None:
         action="store_true",
         help="noise-scale: also full fine-tuning, with B per parameter group",
     )
+    ap.add_argument(
+        "--text-encoder",
+        action="store_true",
+        help="noise-scale --by-group: the text encoder trains too (prompts encoded with gradients)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--checkpoint", help="a Shapes checkpoint (default: the shipped base)")
     args = ap.parse_args()
@@ -286,6 +302,7 @@ def main() -> None:
                     lora_targets=tuple(args.lora_targets),
                     by_group=args.by_group,
                     checkpoint=args.checkpoint,
+                    text_encoder=args.text_encoder,
                 )
 
 

@@ -38,3 +38,24 @@ def test_noise_scale_of_known_signal_and_noise() -> None:
     assert "|s|^2/trΣ +0.12" in line  # 1/8 = 0.125
     b = float(line.rsplit("≈ ", 1)[1].replace(",", ""))
     assert 118 < b < 138
+
+
+def test_text_grad_velocity_is_the_same_field_and_reaches_the_text_encoder() -> None:
+    from flowdppo.models.shapes import ShapesPolicy
+
+    full = ShapesPolicy.from_pretrained(full_finetune=True)
+    full.model.text.requires_grad_(True)  # what --by-group --text-encoder does
+    texts = ["a red square and a green circle", "three blue triangles"]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    sigma = torch.full((2,), 0.9)
+    cached, with_grad = (
+        gn._velocity(full, texts)(x, sigma),
+        gn._velocity(full, texts, True)(x, sigma),
+    )
+    torch.testing.assert_close(with_grad, cached)  # the same velocity, only differentiable
+    text = list(full.model.text.parameters())
+    # The cached encoding reaches no text-encoder parameter; the re-encoded one reaches them.
+    none = torch.autograd.grad(cached.square().sum(), text, allow_unused=True)
+    assert all(g is None for g in none)
+    grads = torch.autograd.grad(with_grad.square().sum(), text, allow_unused=True)
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
