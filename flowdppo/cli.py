@@ -237,6 +237,7 @@ def _shapes_pretrain(a: argparse.Namespace) -> int:
         prior_categories=a.prior_category,
         flow_weight=a.flow_weight,
         caption_noise=a.caption_noise,
+        caption_noise_kind=a.caption_noise_kind,
     )
     from flowdppo.shapes.model import ShapesModelConfig
 
@@ -411,7 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=PretrainConfig.caption_noise,
         help="fraction of two_object/color_attr/counting/position training images rendered from "
-        "a scene their prompt gets wrong in one detail (noisy captions; 0 = clean)",
+        "a scene their prompt gets wrong (noisy captions; 0 = clean)",
+    )
+    sp.add_argument(
+        "--caption-noise-kind",
+        choices=("detail", "unmentioned"),
+        default=PretrainConfig.caption_noise_kind,
+        help="what a noisy caption gets wrong: one compositional detail (a count off by one, the "
+        "opposite relation, swapped colours, the first object twice) or an object it does not "
+        "mention (the image holds one more)",
     )
     sp.set_defaults(func=_shapes_pretrain)
     se = sh.add_parser(

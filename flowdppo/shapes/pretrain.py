@@ -35,6 +35,7 @@ from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig, load_check
 from flowdppo.shapes.prompts import (
     CATEGORIES,
     MISCAPTIONED,
+    NOISE_KINDS,
     PromptSpec,
     miscaption,
     sample_scenes,
@@ -93,6 +94,9 @@ class PretrainConfig:
     # much of its mass on the wrong scene, an alternative it can draw, not a skill it lacks (what
     # RL makes of such failures: docs/tuning.md, Session 11). 0 = clean.
     caption_noise: float = 0.0
+    # What a noisy caption gets wrong (prompts.NOISE_KINDS): "detail" (above) or "unmentioned"
+    # (the image holds one object more than its caption names: alt-text under-describes).
+    caption_noise_kind: str = "detail"
 
 
 def _check_recipe(cfg: PretrainConfig) -> None:
@@ -105,6 +109,11 @@ def _check_recipe(cfg: PretrainConfig) -> None:
     if not 0 <= cfg.caption_noise <= 1:
         raise ValueError(
             f"caption_noise (--caption-noise): a fraction in [0, 1], got {cfg.caption_noise}"
+        )
+    if cfg.caption_noise_kind not in NOISE_KINDS:
+        raise ValueError(
+            f"caption_noise_kind (--caption-noise-kind): one of {NOISE_KINDS}, "
+            f"got {cfg.caption_noise_kind!r}"
         )
     if cfg.flow_weight < 0 or cfg.prior_weight < 0:
         raise ValueError(
@@ -160,13 +169,14 @@ def _draw_prompts(
 
 
 def _miscaptioned(
-    specs: list[PromptSpec], noise: float, rng: np.random.Generator
+    specs: list[PromptSpec], noise: float, kind: str, rng: np.random.Generator
 ) -> list[PromptSpec]:
     """The scenes to render for ``specs`` under caption noise: each prompt of a category in
-    ``MISCAPTIONED`` is replaced, with probability ``noise``, by a scene it gets wrong."""
+    ``MISCAPTIONED`` is replaced, with probability ``noise``, by a scene it gets wrong in the
+    way ``kind`` names."""
     u = rng.random(len(specs))
     return [
-        miscaption(s, rng) if s.category in MISCAPTIONED and x < noise else s
+        miscaption(s, rng, kind) if s.category in MISCAPTIONED and x < noise else s
         for s, x in zip(specs, u, strict=True)
     ]
 
@@ -177,7 +187,9 @@ def make_batch(step: int, cfg: PretrainConfig, by_cat: Mapping[str, Sequence[Pro
     stream of their own, so with 0 the batch is the clean recipe's, bit for bit)."""
     rng = np.random.default_rng([cfg.seed, step])
     specs = _draw_prompts(rng, cfg.batch_size, cfg.category_weights, by_cat)
-    scenes = _miscaptioned(specs, cfg.caption_noise, np.random.default_rng([cfg.seed, step, 2]))
+    scenes = _miscaptioned(
+        specs, cfg.caption_noise, cfg.caption_noise_kind, np.random.default_rng([cfg.seed, step, 2])
+    )
     x0 = render(sample_scenes(scenes, rng)) * 2 - 1
     drop = rng.random(cfg.batch_size) < cfg.p_uncond
     prompts = ["" if d else s.text for s, d in zip(specs, drop, strict=True)]
@@ -204,6 +216,7 @@ def make_prior_batch(step: int, cfg: PretrainConfig, by_cat: Mapping[str, Sequen
     scenes = _miscaptioned(
         [s for s in specs for _ in range(k)],
         cfg.caption_noise,
+        cfg.caption_noise_kind,
         np.random.default_rng([cfg.seed, step, 3]),
     )
     x0 = render(sample_scenes(scenes, rng)) * 2 - 1

@@ -256,18 +256,32 @@ OPPOSITE = {
     "below": "above",
 }
 MISCAPTIONED = ("two_object", "color_attr", "counting", "position")
+NOISE_KINDS = ("detail", "unmentioned")
 
 
-def miscaption(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
-    """The spec of a scene that ``spec.text`` would caption wrongly, in one compositional detail:
-    counting: one object more or fewer (within 1..4); position: the opposite relation;
-    color_attr: the two colours swapped; two_object: the first object twice. A scene of the
-    result fails ``spec``'s strict check by exactly that detail (tested). Categories outside
-    ``MISCAPTIONED`` are refused: their captions are kept right (the easy prompts)."""
+def miscaption(spec: PromptSpec, rng: np.random.Generator, kind: str = "detail") -> PromptSpec:
+    """The spec of a scene that ``spec.text`` would caption wrongly (``kind``, one of
+    ``NOISE_KINDS``):
+
+    - ``"detail"``: one compositional detail wrong. counting: one object more or fewer (within
+      1..4); position: the opposite relation; color_attr: the two colours swapped; two_object:
+      the first object twice. A scene of the result fails ``spec``'s strict check by exactly
+      that detail (tested).
+    - ``"unmentioned"``: everything the caption says, plus one object it does not mention (a
+      uniformly drawn colour and shape, in a free cell): the caption under-describes the image,
+      the commonest error of web alt-text. The scene fails only the ``exact`` atom (tested).
+
+    Categories outside ``MISCAPTIONED`` are refused: their captions are kept right (the easy
+    prompts)."""
     if spec.category not in MISCAPTIONED:
         raise ValueError(
             f"miscaption: category {spec.category!r} is kept right; expected one of {MISCAPTIONED}"
         )
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"miscaption: kind {kind!r}; expected one of {NOISE_KINDS}")
+    if kind == "unmentioned":
+        extra = ObjectGroup(int(rng.integers(len(COLORS))), int(rng.integers(len(SHAPES))))
+        return PromptSpec(spec.category, (*spec.groups, extra), spec.relation)
     a = spec.groups[0]
     if spec.category == "counting":
         n = a.count - 1 if a.count == 4 or rng.random() < 0.5 else a.count + 1

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from flowdppo.shapes import pretrain as pt
 from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig
+from flowdppo.shapes.parser import parse_images
 from flowdppo.shapes.prompts import (
     CATEGORIES,
     OPPOSITE,
@@ -308,7 +309,26 @@ def test_caption_noise_renders_that_fraction_of_compositional_prompts_wrong():
         assert dist(t_right, ref_right) < dist(t_right, ref_mirror)
 
 
+def test_unmentioned_caption_noise_adds_an_object_to_that_fraction():
+    by_cat = split_by_category("train")
+    specs = {s.text: s for s in load_split("train")}
+    n, q = 1200, 0.3
+    cfg = pt.PretrainConfig(
+        batch_size=n, p_uncond=0.0, seed=4, caption_noise=q, caption_noise_kind="unmentioned"
+    )
+    x0, prompts, _, _ = pt.make_batch(2, cfg, by_cat)
+    parsed = parse_images(to_uint8((x0 + 1) / 2))
+    named = np.array([sum(g.count for g in specs[p].groups) for p in prompts])
+    extra = np.array([len(p.objects) for p in parsed]) - named
+    cats = np.array([specs[p].category for p in prompts])
+    easy = np.isin(cats, ["single_object", "colors"])
+    assert set(extra[easy]) == {0} and set(extra[~easy]) == {0, 1}
+    assert extra[~easy].mean() == pytest.approx(q, abs=0.06)  # binomial sd ≈ 0.016
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.5])
 def test_bad_caption_noise_is_refused(tmp_path, bad):
     with pytest.raises(ValueError, match="--caption-noise"):
         pt.pretrain(tmp_path, pt.PretrainConfig(steps=1, caption_noise=bad), TINY)
+    with pytest.raises(ValueError, match="--caption-noise-kind"):
+        pt.pretrain(tmp_path, pt.PretrainConfig(steps=1, caption_noise_kind="swap"), TINY)

@@ -7,6 +7,7 @@ from importlib import resources
 import numpy as np
 import pytest
 
+from flowdppo.shapes.parser import parse_images
 from flowdppo.shapes.prompts import (
     CATEGORIES,
     MISCAPTIONED,
@@ -21,8 +22,8 @@ from flowdppo.shapes.prompts import (
     split_by_category,
 )
 from flowdppo.shapes.render import render, to_uint8
-from flowdppo.shapes.score import score_images
-from flowdppo.shapes.world import GRID
+from flowdppo.shapes.score import check_atoms, score_images
+from flowdppo.shapes.world import COLORS, GRID, SHAPES
 
 # One hand-written example per category: (text, category, groups as (colour, shape, count) indices,
 # relation, atoms). Colours: red 0, green 1, blue 2, yellow 3, white 4; shapes: circle 0, square 1,
@@ -263,6 +264,38 @@ def test_miscaption_gets_exactly_one_compositional_detail_wrong(category):
     images = to_uint8(render(sample_scenes(wrong, rng)))
     assert score_images(images, wrong).geneval.all()
     assert not score_images(images, list(specs)).geneval.any()
+
+
+@pytest.mark.parametrize("category", MISCAPTIONED)
+def test_unmentioned_adds_one_object_the_caption_does_not_name(category):
+    specs = split_by_category("train")[category] * 4  # enough draws to see every extra object
+    rng = np.random.default_rng(1)
+    wrong = [miscaption(s, rng, "unmentioned") for s in specs]
+    extras = set()
+    for s, w in zip(specs, wrong, strict=True):
+        # Everything the caption says stays (groups, relation), and one object is added.
+        assert w.groups[:-1] == s.groups and w.relation == s.relation
+        assert w.groups[-1].count == 1
+        extras.add((w.groups[-1].color, w.groups[-1].shape))
+    assert len(extras) == len(COLORS) * len(SHAPES)  # any colour and shape is drawn
+    images = to_uint8(render(sample_scenes(wrong, rng)))
+    parsed = parse_images(images)
+    for s, w, p in zip(specs, wrong, parsed, strict=True):
+        atoms = check_atoms(s, p)
+        # The render holds one object more than the caption names: the caption's "exact" atom
+        # fails; its other atoms hold unless the extra object is one of a counted kind.
+        assert len(p.objects) == sum(g.count for g in s.groups) + 1
+        assert not atoms[-1]
+        counted = any(
+            (g.color, g.shape) == (w.groups[-1].color, w.groups[-1].shape) for g in s.groups
+        )
+        assert all(atoms[:-1]) or counted
+    assert not score_images(images, list(specs)).geneval.any()
+
+
+def test_unknown_noise_kind_is_refused():
+    with pytest.raises(ValueError, match="unmentioned"):
+        miscaption(split_by_category("train")["counting"][0], np.random.default_rng(0), "swap")
 
 
 @pytest.mark.parametrize("category", ["single_object", "colors"])
