@@ -46,7 +46,13 @@ def test_checkpoint_is_small_and_self_describing():
     assert path.stat().st_size < 10 * 2**20
     model, meta = load_base_model()
     assert json.loads(meta["sampling"]) == {"shift": 1.0, "guidance_scale": 3.0}
-    assert json.loads(meta["recipe"])["steps"] == 2400
+    # Stage 2 of the recipe (docs/shapes.md, "The base model"): 800 steps continued from the
+    # velocity-skip stage 1 on captions that leave one object of 40% of the compositional
+    # images unmentioned.
+    recipe = json.loads(meta["recipe"])
+    assert (recipe["steps"], recipe["seed"], recipe["lr"]) == (800, 1, 3e-4)
+    assert (recipe["caption_noise"], recipe["caption_noise_kind"]) == (0.4, "unmentioned")
+    assert json.loads(meta["model"])["velocity_skip"] is True
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
