@@ -45,7 +45,8 @@ class ShapesModelConfig:
     head_channels: int = 32
     # v = σ·x + head(...): the network adds only what is not the scaled input, so at σ = 1 (v =
     # ε − x0 = x − x0) it outputs −x0, the layout prior, instead of re-deriving the noise through
-    # its nonlinear head (docs/tuning.md, Session 6). Off in the shipped base.
+    # its nonlinear head (docs/tuning.md, Session 6). On in the shipped base since Session 12
+    # (off in v2, the base before it).
     velocity_skip: bool = False
 
     def to_dict(self) -> dict[str, int]:

@@ -69,8 +69,8 @@ class PretrainConfig:
     # starts fresh (a shipped checkpoint holds no optimizer state).
     init: str | None = None
     # Relative weight of each category in a batch (missing categories weigh 1); None = uniform,
-    # drawn exactly as the shipped base was. E.g. {"position": 3.0} puts 3/8 of every batch on
-    # position prompts.
+    # drawn exactly as the shipped base's stages were. E.g. {"position": 3.0} puts 3/8 of every
+    # batch on position prompts.
     category_weights: dict[str, float] | None = None
     # The σ = 1 prior term (module docstring): prompts per step (0 = off), renders averaged per
     # prompt for its target, and its weight beside the flow-matching loss.
