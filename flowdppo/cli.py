@@ -275,6 +275,7 @@ def _shapes_render(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from flowdppo.shapes.pretrain import PretrainConfig
+    from flowdppo.shapes.prompts import NOISE_KINDS
 
     p = argparse.ArgumentParser(
         prog="flowdppo", description="Flow-DPPO: online RL for flow-matching generators"
@@ -416,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--caption-noise-kind",
-        choices=("detail", "unmentioned"),
+        choices=NOISE_KINDS,
         default=PretrainConfig.caption_noise_kind,
         help="what a noisy caption gets wrong: one compositional detail (a count off by one, the "
         "opposite relation, swapped colours, the first object twice) or an object it does not "

@@ -266,6 +266,21 @@ def test_shapes_pretrain_passes_the_prior_term_flags(tmp_path, monkeypatch):
     assert not (tmp_path / "x" / "pretrain_state.pt").exists()
 
 
+def test_shapes_pretrain_passes_the_caption_noise_flags(tmp_path, monkeypatch):
+    from flowdppo import cli
+    from flowdppo.shapes import pretrain as pt
+
+    seen = {}
+    monkeypatch.setattr(pt, "pretrain", lambda out, cfg, model_cfg: seen.update(cfg=cfg) or out)
+    args = ["shapes", "pretrain", "--out", str(tmp_path), "--caption-noise", "0.4"]
+    assert cli.main([*args, "--caption-noise-kind", "unmentioned"]) == 0
+    assert (seen["cfg"].caption_noise, seen["cfg"].caption_noise_kind) == (0.4, "unmentioned")
+    assert cli.main(args) == 0
+    assert seen["cfg"].caption_noise_kind == "detail"  # the default kind
+    with pytest.raises(SystemExit):  # argparse refuses a kind outside prompts.NOISE_KINDS
+        cli.main([*args, "--caption-noise-kind", "swap"])
+
+
 def test_train_with_compile_says_the_first_iteration_compiles(ckpt, tmp_path) -> None:
     out = tmp_path / "run"
     proc = cli("train", "--out", str(out), *_sets(ckpt, "model.compile=true"), "--max-iters", "0")

@@ -269,7 +269,9 @@ def miscaption(spec: PromptSpec, rng: np.random.Generator, kind: str = "detail")
       that detail (tested).
     - ``"unmentioned"``: everything the caption says, plus one object it does not mention (a
       uniformly drawn colour and shape, in a free cell): the caption under-describes the image,
-      the commonest error of web alt-text. The scene fails only the ``exact`` atom (tested).
+      the commonest error of web alt-text. The scene fails the caption's ``exact`` atom, and
+      its count atom too when the extra object is of a counted kind; every other atom holds
+      (tested).
 
     Categories outside ``MISCAPTIONED`` are refused: their captions are kept right (the easy
     prompts)."""

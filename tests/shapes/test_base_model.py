@@ -53,6 +53,7 @@ def test_checkpoint_is_small_and_self_describing():
     assert (recipe["steps"], recipe["seed"], recipe["lr"]) == (800, 1, 3e-4)
     assert (recipe["caption_noise"], recipe["caption_noise_kind"]) == (0.4, "unmentioned")
     assert json.loads(meta["model"])["velocity_skip"] is True
+    assert model.cfg.velocity_skip  # and the loaded network is built with it
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
