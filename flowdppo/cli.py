@@ -447,9 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--antialias", action="store_true")
     sr.add_argument("--out", required=True)
     sr.set_defaults(func=_shapes_render)
+    from flowdppo.compare.cli import register_cli as register_compare
     from flowdppo.rewards.server import register_cli
 
     register_cli(sub)
+    register_compare(sub)
     return p
 
 

@@ -1,8 +1,12 @@
 """Periodic evaluation on held-out prompts with the deterministic ODE sampler.
 
 Shapes prompt sources (``shapes:test``) get the GenEval-style table of ``flowdppo.shapes.evaluate``
-(strict accuracy per category, TIFA, FD, diversity). Any other source is scored with the run's
+(strict accuracy per category, TIFA, FD, diversity); every source is also scored with the run's
 rewards: ``eval/reward_mean`` and ``eval/<reward>``. Both write a sample grid when asked.
+
+``eval/kl_base`` (``kl_to_base``) is the exact KL from the policy to the base model along the
+policy's own stochastic trajectories on a fixed set of prompts and noises, the same at every
+evaluation of every run with the same ``eval`` section: the x-axis of a reward-vs-KL frontier.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 import torch
 
 from flowdppo.config.schema import RunConfig
+from flowdppo.core import gaussian_kl, recompute_step, sample
 from flowdppo.rewards.compute import compute_rewards
 from flowdppo.shapes.evaluate import eval_specs, generate, score_eval
 from flowdppo.trainer.data import load_prompts
@@ -45,21 +50,88 @@ def evaluate(
         images = generate(policy, prompts, steps=steps, guidance_scale=cfg_scale, seed=e.seed)
         res = score_eval(images, specs)
         metrics, marks = res.metrics, [bool(p) for p in res.passed]
+        meta = [{"category": sp.category} for sp in specs]
     else:
         all_prompts, meta = load_prompts(source)
         prompts, meta = all_prompts[:n], meta[:n]
         images = generate(policy, prompts, steps=steps, guidance_scale=cfg_scale, seed=e.seed)
-        batch = compute_rewards(rewards, images, prompts, meta, on_error="drop")
-        total = batch.weighted_sum()[batch.valid]
-        metrics = {"eval/reward_mean": float(total.mean())}
-        metrics.update(
-            {f"eval/{k}": float(batch.scores[k][batch.valid].mean()) for k in batch.names}
-        )
-        marks = [None] * len(prompts)
+        metrics, marks = {}, [None] * len(prompts)
+    metrics.update(_reward_metrics(rewards, images, prompts, meta))
+    if e.kl_samples > 0:
+        metrics["eval/kl_base"] = kl_to_base(policy, cfg, prompts, e.kl_samples, e.seed)
     if grid_path is not None:
         idx = _spread(len(prompts), 32)
         save_grid(images[idx], [prompts[i] for i in idx], grid_path, marks=[marks[i] for i in idx])
     return metrics
+
+
+def _reward_metrics(rewards: list, images, prompts: list[str], meta: list[dict]) -> dict:
+    """``eval/reward_mean`` and ``eval/<reward>`` of the run's rewards on the evaluation images."""
+    batch = compute_rewards(rewards, images, prompts, meta, on_error="drop")
+    total = batch.weighted_sum()[batch.valid]
+    out = {"eval/reward_mean": float(total.mean())}
+    out.update({f"eval/{k}": float(batch.scores[k][batch.valid].mean()) for k in batch.names})
+    return out
+
+
+@torch.no_grad()
+def kl_to_base(policy: Any, cfg: RunConfig, prompts: list[str], n: int, seed: int) -> float:
+    """Exact KL(π_θ ‖ π_base) per trained-pool step, along π_θ's own trajectories.
+
+    ``n`` samples (prompts ``_spread`` over the evaluation prompts; sample j's noise seeded by
+    ``(seed, j)``, so every call sees the same prompts and noise) are rolled out with the
+    training sampler, stochastic on every step of ``sampling.train_pool`` and ODE elsewhere, at
+    ``sampling.guidance_scale``. At each pool step k the policy's mean μ_θ and the base model's
+    mean μ_base (adapter disabled, or the frozen copy) at the same state x_k share the step's
+    std s_k, so ``KL_k = ‖μ_θ - μ_base‖² / (2 s_k²)`` (divided by the latent dimensions with
+    ``loss.reduction: mean``). Returned: the mean of KL_k over samples and pool steps, float.
+    By the chain rule this is the path KL of the pool steps divided by their number.
+    """
+    s = cfg.sampling
+    t = s.num_inference_steps
+    pool = list(range(int(t * s.train_pool[0]), int(t * s.train_pool[1])))
+    chosen = [prompts[i] for i in _spread(len(prompts), n)]
+    chosen = [chosen[j % len(chosen)] for j in range(n)]
+    total, count = 0.0, 0
+    for lo in range(0, n, s.batch_size):
+        batch = chosen[lo : lo + s.batch_size]
+        gens = [
+            torch.Generator().manual_seed(seed * 1_000_003 + 7 + lo + j) for j in range(len(batch))
+        ]
+        shape = policy.latent_shape
+        init = torch.stack([torch.randn(*shape, generator=g) for g in gens]).to(policy.device)
+        noise = torch.stack([torch.randn(len(pool), *shape, generator=g) for g in gens])
+        cond = policy.encode_prompts(batch)
+
+        def velocity(x: torch.Tensor, sigma: torch.Tensor, cond: Any = cond) -> torch.Tensor:
+            return policy.velocity(x, sigma, cond, s.guidance_scale)
+
+        out = sample(
+            velocity,
+            init,
+            policy.sigmas(t),
+            sampler=s.sampler,
+            eta=s.eta,
+            train_steps=pool,
+            noise=noise.to(policy.device),
+            reduction=cfg.loss.reduction,
+        )
+        with policy.reference():
+            for k in range(len(pool)):
+                ref = recompute_step(
+                    velocity,
+                    out.x[:, k],
+                    out.x_next[:, k],
+                    out.sigma[k],
+                    out.sigma_next[k],
+                    sampler=s.sampler,
+                    eta=s.eta,
+                    reduction=cfg.loss.reduction,
+                )
+                kl = gaussian_kl(out.mean[:, k], ref.mean, out.std[:, k], cfg.loss.reduction)
+                total += float(kl.double().sum())
+                count += kl.numel()
+    return total / max(count, 1)
 
 
 def _spread(n: int, k: int) -> list[int]:

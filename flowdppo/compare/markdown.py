@@ -1,0 +1,122 @@
+"""``report.md``: the question, the command, the machine, the tables and the verdicts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from flowdppo.compare.spec import Spec
+
+
+def _num(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    a = abs(v)
+    if a != 0 and (a < 1e-3 or a >= 1e4):
+        return f"{v:.2e}"
+    return f"{v:.3f}" if a < 10 else f"{v:.1f}"
+
+
+def _cellval(d: dict[str, Any]) -> str:
+    if d["n"] == 0:
+        return "–"
+    s = _num(d["mean"])
+    if d["n"] > 1:
+        s += f" ± {_num(d['std'])}"
+    return s
+
+
+def write_markdown(spec: Spec, summary: dict[str, Any], out: Path) -> Path:
+    rep, cells = spec.report, summary["cells"]
+    env = summary["environment"]
+    inv = summary.get("invocations") or []
+    threads = sorted({(i["jobs"], i["threads"]) for i in inv})
+    lines = [
+        f"# {spec.name}",
+        "",
+        f"**Question.** {spec.question}" if spec.question else "",
+        "",
+        f"Produced by `{summary['command'] or 'flowdppo compare ' + str(spec.path)}` "
+        f"(spec digest `{summary['spec_digest']}`), seeds {spec.seeds}. "
+        f"torch {env['torch']}, {env['cpu']}, Python {env['python']}; "
+        + (
+            "jobs × threads per run: " + ", ".join(f"{j} × {t}" for j, t in threads) + "; "
+            if threads
+            else ""
+        )
+        + f"rollout precision of the untrained steps: {', '.join(env['untrained_precision'])}.",
+        "",
+    ]
+    if not summary["complete"]:
+        lines += [
+            "> **Incomplete grid**: not every run has finished; the numbers below cover the runs "
+            "and iterations done so far (column *iters*).",
+            "",
+        ]
+    if spec.notes:
+        lines += [spec.notes.strip(), ""]
+    lines += [
+        "Statistics (fixed before the runs): mean ± std over seeds; a verdict compares the "
+        "reference method's best cell with each other method's best cell (each chosen among "
+        "the same number of trust-region sizes) by Welch's t-test at 95%; *higher*/*lower* only "
+        "when the 95% interval of the difference excludes 0. A cell is *binding* when its "
+        f"constraint blocked ≥ {rep.binding_min_frac:g} of the terms on average.",
+        "",
+        "## Verdicts",
+        "",
+        "| measure | reference (best cell) | other (best cell) | difference [95% CI] | p | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in summary["verdicts"]:
+        lines.append(
+            f"| {v['measure']} | {v['reference_cell']} | {v['other_cell']} | "
+            f"{_num(v['diff'])} [{_num(v['lo'])}, {_num(v['hi'])}] | {_num(v['p'])} | "
+            f"**{v['reference']} {v['verdict']}** |"
+            if v["verdict"] in ("higher", "lower")
+            else f"| {v['measure']} | {v['reference_cell']} | {v['other_cell']} | "
+            f"{_num(v['diff'])} [{_num(v['lo'])}, {_num(v['hi'])}] | {_num(v['p'])} | {v['verdict']} |"
+        )
+    lines += ["", "## What the trust region did", ""]
+    lines += [
+        "| cell | size | blocked fraction of terms (mean) | iterations that blocked any | median old–new KL per iteration | binding |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cell, row in cells.items():
+        b = row["binding"]
+        lines.append(
+            f"| {cell} | {_num(b['size'])} | {_num(b['blocked_frac_mean'])} | "
+            f"{_num(b['iters_blocking_frac'])} | {_num(b['old_new_kl_median'])} | "
+            f"{'yes' if row['binds'] else '**no**'} |"
+        )
+    measures = [
+        k
+        for k in next(iter(cells.values()))
+        if isinstance(next(iter(cells.values()))[k], dict)
+        and "mean" in next(iter(cells.values()))[k]
+    ]
+    lines += ["", "## Every cell (mean ± std over seeds)", ""]
+    for chunk in [measures[i : i + 6] for i in range(0, len(measures), 6)]:
+        lines += [
+            "| cell | seeds | iters | " + " | ".join(chunk) + " |",
+            "|---" * (3 + len(chunk)) + "|",
+        ]
+        for cell, row in cells.items():
+            lines.append(
+                f"| {cell} | {len(row['seeds'])} | {min(row['iters_done'])} | "
+                + " | ".join(_cellval(row[k]) for k in chunk)
+                + " |"
+            )
+        lines.append("")
+    lines += ["## Base model (iteration 0)", ""]
+    lines += [f"- {k}: {_num(v)}" for k, v in sorted(summary["base"].items())]
+    lines += ["", "## Plots", ""]
+    lines += [f"![{p}]({p})" for p in summary.get("plots", [])]
+    lines += [
+        "",
+        f"Every number above is in `summary.json`; rebuild this page with `flowdppo compare --report-only {out}`.",
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
