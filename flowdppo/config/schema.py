@@ -284,6 +284,14 @@ class EvalConfig:
     )
     per_category: int = _f(50, "samples per category (shapes) or prompts (files)")
     seed: int = _f(1234, "evaluation noise seed (fixed across evaluations)")
+    kl_samples: int = _f(
+        64,
+        "samples for eval/kl_base, the exact KL to the base model along the policy's own "
+        "trajectories on fixed prompts and noise (0 = off; docs/metrics.md)",
+    )
+
+    def validate(self) -> None:
+        _check(self.kl_samples >= 0, "eval.kl_samples", self.kl_samples, "an int >= 0")
 
 
 @dataclass
