@@ -48,16 +48,20 @@ def run_from_args(a: argparse.Namespace) -> int:
             raise SpecError("flowdppo compare: give SPEC.yaml and --out DIR (or --report-only DIR)")
         spec = load_spec(a.spec)
         out = Path(a.out)
-        res = run_grid(
-            spec,
-            out,
-            jobs=a.jobs,
-            threads=a.threads,
-            nice=a.nice,
-            allow_changed=a.allow_changed,
-            progress=not a.no_progress,
-            max_runs=a.max_runs,
-        )
+        try:
+            res = run_grid(
+                spec,
+                out,
+                jobs=a.jobs,
+                threads=a.threads,
+                nice=a.nice,
+                allow_changed=a.allow_changed,
+                progress=not a.no_progress,
+                max_runs=a.max_runs,
+            )
+        except KeyboardInterrupt:
+            print(f"compare: stopped; the same command resumes the grid in {out}", file=sys.stderr)
+            return 130
         command = " ".join(
             ["flowdppo compare", shlex.quote(str(a.spec)), "--out", shlex.quote(str(out))]
         )

@@ -185,15 +185,20 @@ def run_measures(spec: Spec, d: RunData, base: dict[str, float]) -> dict[str, An
             m[f"reward_at_kl<={b:g}"] = budget_value(kl_v, rw_v, b)
         for r in rep.reward_targets:
             m[f"kl_to_reach_{r:g}"] = crossing(kl_v, rw_v, r)
+        for g in rep.reward_gains:
+            m[f"kl_to_gain_{g:g}"] = crossing(kl_v, rw_v, base.get(rep.reward, rw_v[0]) + g)
     if rep.levels:
         lx, ly = rep.levels["x"], rep.levels["y"]
-        for lv in rep.levels["levels"]:
-            it_x, vx = d.series(lx)
+        it_x, vx = d.series(lx)
+        x0 = base.get(_name(lx), vx[0] if vx.size else math.nan)
+        targets = [(f"{v:g}", v) for v in rep.levels.get("levels", [])]
+        targets += [(f"base+{g:g}", x0 + g) for g in rep.levels.get("gains", [])]
+        for tag, lv in targets:
             at = crossing(it_x.astype(float), vx, lv)  # the iteration where x reaches the level
             for yk in ly if isinstance(ly, list) else [ly]:
                 it_y, vy = d.series(yk)
                 val = float(np.interp(at, it_y, vy)) if np.isfinite(at) and it_y.size else math.nan
-                m[f"{_name(yk)}@{_name(lx)}>={lv:g}"] = val
+                m[f"{_name(yk)}@{_name(lx)}>={tag}"] = val
     if rep.objectives:
         gains = [d.final(o) - base.get(o, d.first(o)) for o in rep.objectives]
         for o, g in zip(rep.objectives, gains, strict=True):
@@ -202,6 +207,7 @@ def run_measures(spec: Spec, d: RunData, base: dict[str, float]) -> dict[str, An
         metric = rep.collapse["metric"]
         below = rep.collapse.get("below", "base")
         floor = base.get(metric, d.first(metric)) if below == "base" else float(below)
+        floor -= float(rep.collapse.get("margin", 0.0))
         _, v = d.series(metric)
         m["collapsed"] = float(bool(v.size > 1 and (v[1:] < floor).any()))
     samples = d.run.config.sampling.prompts_per_iter * d.run.config.sampling.group_size
@@ -226,10 +232,14 @@ def build_report(spec: Spec, out: Path, command: str = "") -> dict[str, Any]:
         )
     # The base model's values: every run's iteration-0 evaluation is of the same base model with
     # the same prompts and noise, so they agree; their mean is used.
-    keys = {rep.reward, rep.kl, *rep.metrics, *rep.objectives}
+    keys: list = [rep.reward, rep.kl, *rep.metrics, *rep.objectives]
     if rep.collapse:
-        keys.add(rep.collapse["metric"])
-    base = {k: float(np.nanmean([d.first(k) for ds in cells.values() for d in ds])) for k in keys}
+        keys.append(rep.collapse["metric"])
+    if rep.levels:
+        keys.append(rep.levels["x"])
+    base = {
+        _name(k): float(np.nanmean([d.first(k) for ds in cells.values() for d in ds])) for k in keys
+    }
     per_run = {d.run.name: run_measures(spec, d, base) for ds in cells.values() for d in ds}
     measures = sorted(
         {k for m in per_run.values() for k in m if not k.startswith("binding/")} - {"iters"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -93,6 +94,10 @@ def _command(run: Run, out: Path) -> list[str]:
     return [*exe, "train", str(cfg_path), "--out", str(run_dir)]
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def is_done(out: Path, run: Run) -> bool:
     return (_runs_dir(out) / run.name / "DONE").exists()
 
@@ -134,6 +139,9 @@ def run_grid(
     failed: list[str] = []
     queue = list(todo)
     seen = {r.name: train_rows(_runs_dir(out) / r.name) for r in todo}
+    # SIGTERM (a scheduler, ``kill``) and SIGINT stop the grid the same way; both are installed
+    # explicitly since a shell's background job starts with SIGINT ignored.
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while queue or running:
             while queue and len(running) < jobs:
@@ -172,12 +180,16 @@ def run_grid(
                     )
                 bar.set_postfix(runs=f"{n_done}/{len(spec.runs)}", failed=len(failed))
     except KeyboardInterrupt:
+        bar.write("compare: stopping; each running run saves its current iteration ...")
         for proc, _, _ in running.values():
-            proc.send_signal(2)  # each run saves its iteration and stops
+            proc.send_signal(signal.SIGINT)  # each run saves its iteration and stops
         for proc, _, log in running.values():
             proc.wait()
             log.close()
         bar.close()
         raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
     bar.close()
     return {"done": n_done, "failed": failed, "total": len(spec.runs)}

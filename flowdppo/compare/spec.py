@@ -11,7 +11,8 @@ A spec is a YAML file (format: docs/compare.md)::
       dppo_kl: {set: {loss.name: flow_dppo}, sweep: {loss.delta: [1.0e-7, 1.0e-6]}}
     report: {...}              # what the report computes (``ReportSpec``)
 
-Each (method, sweep point) is a *cell*; each cell runs every seed. A run's config is the base,
+Each (method, sweep point) is a *cell*; each cell runs every seed. Runs go seed by seed
+(every cell's first seed, then the second, ...), so a grid stopped half-way is balanced. A run's config is the base,
 then ``set``, then the method's ``set``, then the sweep point, then ``train.seed``; every run
 config is built and validated when the spec is loaded, so a bad key or value is one clear line
 naming the spec file, the run and the key before anything trains.
@@ -40,6 +41,7 @@ REPORT_KEYS = {
     "reference",
     "kl_budgets",
     "reward_targets",
+    "reward_gains",
     "binding_min_frac",
     "levels",
     "objectives",
@@ -62,6 +64,7 @@ class ReportSpec:
     reference: str | None = None  # the method every other is compared with (None: the first)
     kl_budgets: list[float] = field(default_factory=list)  # reward reached within KL ≤ b
     reward_targets: list[float] = field(default_factory=list)  # KL needed to first reach r
+    reward_gains: list[float] = field(default_factory=list)  # KL needed to first reach base + g
     binding_min_frac: float = 0.01  # a run "binds" when ≥ this fraction of terms is blocked
     levels: dict[str, Any] = field(default_factory=dict)  # {x, levels, y}: y where x crosses
     objectives: list[str] = field(default_factory=list)  # multi-objective: rewards to balance
@@ -150,7 +153,7 @@ def _report(path: Path, raw: Any) -> ReportSpec:
     rep = ReportSpec(**data)
     if not isinstance(rep.reward, str) or not isinstance(rep.kl, str):
         _fail(path, "report.reward / report.kl", "metric names", (rep.reward, rep.kl))
-    for key in ("kl_budgets", "reward_targets"):
+    for key in ("kl_budgets", "reward_targets", "reward_gains"):
         vals = getattr(rep, key)
         if not isinstance(vals, list) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals
@@ -158,8 +161,8 @@ def _report(path: Path, raw: Any) -> ReportSpec:
             _fail(path, f"report.{key}", "a list of numbers", vals)
     if not 0 < rep.binding_min_frac < 1:
         _fail(path, "report.binding_min_frac", "a number in (0, 1)", rep.binding_min_frac)
-    if rep.levels and not {"x", "levels", "y"} <= set(rep.levels):
-        _fail(path, "report.levels", "a mapping with x, levels and y", rep.levels)
+    if rep.levels and not ({"x", "y"} <= set(rep.levels) and {"levels", "gains"} & set(rep.levels)):
+        _fail(path, "report.levels", "a mapping with x, y and levels or gains", rep.levels)
     if rep.collapse and "metric" not in rep.collapse:
         _fail(path, "report.collapse", "a mapping with metric and below", rep.collapse)
     return rep
@@ -228,6 +231,8 @@ def load_spec(path: str | Path) -> Spec:
                 except ConfigError as err:
                     raise SpecError(f"{path}: run {cell} seed {seed}: {err}") from None
                 runs.append(Run(f"{cell}__s{seed}", method, cell, seed, point, over, cfg))
+    # Seed-major order: a grid stopped half-way has every cell at the first seeds.
+    runs.sort(key=lambda r: seeds.index(r.seed))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise SpecError(f"{path}: two runs share a name; make method names or sweep values differ")
