@@ -49,7 +49,8 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
         axes[2].plot(xs, ys, marker="o", label=label)
         # kl/ref_mean of train line i+1 is measured on the rollouts of the policy after i
         # iterations: the policy that eval line i evaluates.
-        kl = {r["iter"] - 1: r["kl/ref_mean"] for r in train}
+        # It is logged every train.kl_ref_every iterations only (with loss.beta = 0).
+        kl = {r["iter"] - 1: r["kl/ref_mean"] for r in train if "kl/ref_mean" in r}
         pts = [(kl[x], y) for x, y in zip(xs, ys, strict=True) if x in kl]
         axes[3].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         axes[2].set_ylabel(key)

@@ -306,6 +306,15 @@ class TrainConfig:
     sample_every: int = _f(10, "write a sample grid every this many iterations")
     threads: int = _f(0, "torch CPU threads (0 = torch default)")
     on_policy_tol: float = _f(1e-6, "warn when the on-policy KL exceeds this (reduction unit)")
+    kl_ref_every: int = _f(
+        10,
+        "with loss.beta = 0, compute the rollout's KL to the base (kl/ref_mean, kl/ref_max) on "
+        "iterations 1, 1 + N, 1 + 2N, ... only: a pass with the LoRA off over every trained step "
+        "(0 = never); with loss.beta > 0 it runs every iteration (the penalty needs it)",
+    )
+
+    def validate(self) -> None:
+        _check(self.kl_ref_every >= 0, "train.kl_ref_every", self.kl_ref_every, "an int >= 0")
 
 
 @dataclass
@@ -328,6 +337,14 @@ class RunConfig:
         """The evaluation CFG: ``eval.guidance_scale``, or the rollouts' when unset."""
         g = self.eval.guidance_scale
         return self.sampling.guidance_scale if g is None else g
+
+    def reference_pass(self, iteration: int) -> bool:
+        """Whether the rollout of 0-based ``iteration`` computes the reference means μ_ref: always
+        with ``loss.beta > 0``, else every ``train.kl_ref_every`` iterations from the first."""
+        if self.loss.beta > 0:
+            return True
+        n = self.train.kl_ref_every
+        return n > 0 and iteration % n == 0
 
     def validate(self) -> None:
         for f in fields(self):

@@ -5,9 +5,12 @@ noise and its trained-step noise from its own generator seeded by ``(seed, itera
 a sample is the same whichever process or forward pass produces it (with
 ``sampling.shared_initial_noise`` the initial noise is drawn per prompt, from ``(seed, iteration,
 j // G)``, and only the trained-step noise per sample). For the trained steps the
-tuple of §3 is stored (x_k, x_{k+1}, μ_old, s_k, logp_old) plus μ_ref, the reference model's
-mean at the same state (frozen, so it never needs recomputing: it serves both the β·KL penalty
-and the ``kl/ref_mean`` metric). No replay forward pass is made before the update.
+tuple of §3 is stored (x_k, x_{k+1}, μ_old, s_k, logp_old) plus, when something uses it, μ_ref,
+the reference model's mean at the same state (frozen, so it never needs recomputing: it serves
+both the β·KL penalty and the ``kl/ref_mean`` metric). That reference pass costs one more forward
+per trained step, so it runs only where ``RunConfig.reference_pass`` says: every iteration with
+β > 0, else every ``train.kl_ref_every`` iterations. No replay forward pass is made before the
+update.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class Experience:
     x: torch.Tensor  # [B, K, *latent]
     x_next: torch.Tensor  # [B, K, *latent]
     mean: torch.Tensor  # [B, K, *latent]
-    mean_ref: torch.Tensor  # [B, K, *latent]
+    mean_ref: torch.Tensor | None  # [B, K, *latent]; None: no reference pass this iteration
     std: torch.Tensor  # [B, K]
     log_prob: torch.Tensor  # [B, K]
     sigma: torch.Tensor  # [K]
@@ -91,6 +94,7 @@ def _rollout_batch(
     ids: list[int],
     iteration: int,
     steps: list[int],
+    reference: bool,
 ):
     s = cfg.sampling
     shape = policy.latent_shape
@@ -123,9 +127,16 @@ def _rollout_batch(
         reduction=cfg.loss.reduction,
         untrained_velocity_fn=reduced if use_reduced_precision(s, policy.device) else None,
     )
+    mean_ref = _reference_means(policy, velocity, out, cfg) if reference else None
+    return out, mean_ref, policy.decode(out.latents)
+
+
+def _reference_means(policy: Policy, velocity, out, cfg: RunConfig) -> torch.Tensor:
+    """μ_ref [b, K, *latent]: each trained step recomputed with the adapter off (K forwards)."""
+    s = cfg.sampling
     refs = []
     with torch.no_grad(), policy.reference():
-        for k in range(len(steps)):
+        for k in range(out.x.shape[1]):
             r = recompute_step(
                 velocity,
                 out.x[:, k],
@@ -137,8 +148,7 @@ def _rollout_batch(
                 reduction=cfg.loss.reduction,
             )
             refs.append(r.mean)
-    mean_ref = torch.stack(refs, dim=1) if refs else out.mean.clone()
-    return out, mean_ref, policy.decode(out.latents)
+    return torch.stack(refs, dim=1) if refs else out.mean.clone()
 
 
 def collect(
@@ -154,12 +164,19 @@ def collect(
 ) -> Experience:
     """Roll out this process's samples in forward batches; rewards run in ``pool`` meanwhile."""
     bs = cfg.sampling.batch_size
+    reference = cfg.reference_pass(iteration)
     parts, futures = [], []
     t_roll = 0.0
     for lo in range(0, len(prompts), bs):
         t0 = time.perf_counter()
         out, mean_ref, images = _rollout_batch(
-            policy, cfg, prompts[lo : lo + bs], sample_ids[lo : lo + bs], iteration, steps
+            policy,
+            cfg,
+            prompts[lo : lo + bs],
+            sample_ids[lo : lo + bs],
+            iteration,
+            steps,
+            reference,
         )
         t_roll += time.perf_counter() - t0
         parts.append((out, mean_ref, images))
@@ -188,7 +205,7 @@ def collect(
         mean=_cat(parts, "mean"),
         std=_cat(parts, "std"),
         log_prob=_cat(parts, "log_prob"),
-        mean_ref=torch.cat([p[1] for p in parts]),
+        mean_ref=torch.cat([p[1] for p in parts]) if reference else None,
         images=torch.cat([p[2] for p in parts]),
         sigma=out0.sigma,
         sigma_next=out0.sigma_next,
@@ -235,8 +252,11 @@ def _all_dropped(rewards: list, n: int) -> RewardBatch:
     return RewardBatch(names, weights, scores, torch.zeros(n, dtype=torch.bool), {}, {})
 
 
-def kl_to_reference(exp: Experience, reduction: str) -> torch.Tensor:
-    """Exact KL(π_θold ‖ π_ref) per (sample, trained step): [B, K] (same std, so symmetric)."""
+def kl_to_reference(exp: Experience, reduction: str) -> torch.Tensor | None:
+    """Exact KL(π_θold ‖ π_ref) per (sample, trained step): [B, K] (same std, so symmetric);
+    None when this iteration made no reference pass."""
+    if exp.mean_ref is None:
+        return None
     b, k = exp.std.shape
     return gaussian_kl(
         exp.mean.flatten(0, 1), exp.mean_ref.flatten(0, 1), exp.std.flatten(), reduction

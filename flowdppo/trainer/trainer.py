@@ -198,13 +198,8 @@ class Trainer:
         t1 = time.perf_counter()
         metrics.update(self.update(exp, it))
         metrics["time/train_s"] = time.perf_counter() - t1
-        kl_sum = self._reduce(
-            torch.tensor([kl_ref.sum().item(), kl_ref.numel()], dtype=torch.float64), "sum"
-        )
-        metrics["kl/ref_mean"] = float(kl_sum[0] / kl_sum[1])
-        metrics["kl/ref_max"] = float(
-            self._reduce(torch.tensor([kl_ref.max().item() if kl_ref.numel() else 0.0]), "max")[0]
-        )
+        if kl_ref is not None:  # the same iterations on every process (RunConfig.reference_pass)
+            metrics.update(self._kl_metrics(kl_ref))
         metrics["time/iter_s"] = time.perf_counter() - t0
         if not metrics["check/onpolicy_kl_max"] <= self.cfg.train.on_policy_tol:  # NaN fails too
             warnings.warn(
@@ -216,6 +211,17 @@ class Trainer:
         self.iteration = it + 1
         self.logger.log("train", self.iteration, metrics)
         return metrics
+
+    def _kl_metrics(self, kl_ref: torch.Tensor) -> dict[str, float]:
+        """kl/ref_mean and kl/ref_max over all processes' [B, K] terms."""
+        kl_sum = self._reduce(
+            torch.tensor([kl_ref.sum().item(), kl_ref.numel()], dtype=torch.float64), "sum"
+        )
+        top = kl_ref.max().item() if kl_ref.numel() else 0.0
+        return {
+            "kl/ref_mean": float(kl_sum[0] / kl_sum[1]),
+            "kl/ref_max": float(self._reduce(torch.tensor([top]), "max")[0]),
+        }
 
     # -- the loop -------------------------------------------------------------------------------
     def evaluate(self, grid: bool = True) -> dict[str, float]:
@@ -267,15 +273,16 @@ class Trainer:
                 )
                 if self.iteration == 0 and e > 0:
                     self.evaluate()
+                kl_shown = "n/a"  # the last kl/ref_mean (measured every train.kl_ref_every)
                 while self.iteration < end and not self._stop_requested(interrupted()):
                     m = self.step()
                     if self._stop_requested(time.monotonic() >= deadline):  # budget spent: end here
                         end = self.iteration
                         bar.total = end
                     bar.update(1)
-                    bar.set_postfix(
-                        reward=f"{m['reward/mean']:.3f}", kl_ref=f"{m['kl/ref_mean']:.2e}"
-                    )
+                    if "kl/ref_mean" in m:
+                        kl_shown = f"{m['kl/ref_mean']:.2e}"
+                    bar.set_postfix(reward=f"{m['reward/mean']:.3f}", kl_ref=kl_shown)
                     if (e > 0 and self.iteration % e == 0) or self.iteration == end:
                         ev = self.evaluate(
                             grid=self.iteration % max(t.sample_every, 1) == 0

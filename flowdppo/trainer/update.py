@@ -140,7 +140,7 @@ def _micro_loss(policy: Policy, exp: Experience, local: torch.Tensor, cfg: RunCo
         mean=new.mean,
         mean_old=exp.mean[i, s],
         std=exp.std[i, s],
-        mean_ref=exp.mean_ref[i, s],
+        mean_ref=None if exp.mean_ref is None else exp.mean_ref[i, s],  # only β > 0 needs it
         step_size=(exp.sigma[s] - exp.sigma_next[s]),
     )
     return compute_loss(

@@ -111,3 +111,59 @@ def test_untrained_precision_auto_follows_the_bfloat16_kernels() -> None:
     assert use_reduced_precision(SamplingConfig(untrained_precision="reduced"), cpu)
     auto = use_reduced_precision(SamplingConfig(untrained_precision="auto"), cpu)
     assert auto == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _count_forwards(tiny_ckpt, iteration: int, *extra: str) -> tuple[object, list[int]]:
+    """Collect 4 samples in 2 forward batches of 2 (T = 4 steps, K = 2 trained) at
+    ``iteration``; returns the experience and the batch size of every network forward call."""
+    cfg = tiny_config(
+        tiny_ckpt,
+        "sampling.batch_size=2",
+        "sampling.guidance_scale=3.0",
+        "rewards=[{name: test_red}]",
+        *extra,
+    )
+    torch.manual_seed(0)
+    policy = build_policy(cfg, torch.device("cpu"))
+    calls: list[int] = []
+    hook = policy.model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            exp = collect(
+                policy,
+                cfg,
+                PROMPTS,
+                [{}] * 4,
+                [0, 1, 2, 3],
+                iteration,
+                [0, 2],
+                build_run_rewards(cfg),
+                pool,
+            )
+    finally:
+        hook.remove()
+    return exp, calls
+
+
+@pytest.mark.parametrize(
+    ("iteration", "extra", "reference"),
+    [
+        (3, ("loss.beta=0", "train.kl_ref_every=10"), False),  # not a monitor iteration
+        (3, ("loss.beta=0", "train.kl_ref_every=0"), False),  # never
+        (10, ("loss.beta=0", "train.kl_ref_every=10"), True),  # a monitor iteration
+        (3, ("loss.beta=1e-3", "train.kl_ref_every=0"), True),  # the penalty needs μ_ref
+    ],
+)
+def test_rollout_makes_T_forwards_per_batch_plus_K_only_for_the_reference(
+    tiny_ckpt, iteration, extra, reference
+) -> None:
+    """CFG is batched (one call on [2b] latents: conditional and null prompt), so a forward
+    batch costs exactly T = 4 network calls, plus K = 2 with the adapter off when the reference
+    pass runs (β > 0, or a ``train.kl_ref_every`` iteration)."""
+    exp, calls = _count_forwards(tiny_ckpt, iteration, *extra)
+    assert calls == [4] * ((4 + 2) if reference else 4) * 2  # 2 forward batches of b = 2: [2b]
+    assert (exp.mean_ref is not None) == reference
+    kl = kl_to_reference(exp, "mean")
+    assert (kl is None) == (not reference)
+    if reference:
+        assert exp.mean_ref.shape == exp.mean.shape

@@ -133,6 +133,27 @@ def test_full_finetune_changes_base_weights_and_keeps_the_reference(tiny_ckpt, t
     assert m["kl/ref_mean"] > 0.0  # KL to the (unchanged) reference grows as the policy moves
 
 
+def test_kl_to_reference_is_logged_every_kl_ref_every_iterations_with_beta_0(
+    tiny_ckpt, tmp_path
+) -> None:
+    """β = 0, ``train.kl_ref_every=2``: kl/ref_mean and kl/ref_max on lines 1 and 3 only (absent,
+    not 0, on line 2); the updates of line 2 run without μ_ref and stay on-policy. β > 0 logs
+    them every iteration whatever ``kl_ref_every`` says (the penalty needs μ_ref)."""
+    trainer = Trainer(tiny_config(tiny_ckpt, "train.kl_ref_every=2"), tmp_path / "a")
+    trainer.train(3, progress=False)
+    train = read_lines(tmp_path / "a", "train")
+    assert [("kl/ref_mean" in r, "kl/ref_max" in r) for r in train] == [
+        (True, True),
+        (False, False),
+        (True, True),
+    ]
+    assert all(r["check/onpolicy_kl_max"] <= 1e-9 for r in train)
+    assert train[2]["kl/ref_mean"] > 0.0
+    cfg = tiny_config(tiny_ckpt, "train.kl_ref_every=0", "loss.beta=1e-3")
+    Trainer(cfg, tmp_path / "b").train(2, progress=False)
+    assert all("kl/ref_mean" in r for r in read_lines(tmp_path / "b", "train"))
+
+
 def _trainable(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in trainer.policy.trainable_state_dict().items()}
 

@@ -65,6 +65,7 @@ def tiny_overrides(checkpoint: Path, *extra: str) -> list[str]:
         "train.save_every=1",
         "train.sample_every=1",
         "train.threads=1",
+        "train.kl_ref_every=1",  # kl/ref_mean on every line (the default skips iterations)
         *extra,
     ]
 
