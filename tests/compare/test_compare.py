@@ -1,0 +1,281 @@
+"""``flowdppo compare``: spec validation, a tiny 2-run grid end to end through the CLI, skipping
+finished runs, resuming an interrupted run (the result equals an uninterrupted one), starting over
+a run killed before its first checkpoint, refusing a changed spec, and ``--report-only``; and the
+report's arithmetic (budgets, crossings, Welch's test, verdicts) against independent values."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from trainer.tiny import build_tiny_checkpoint, cli, register_test_rewards
+
+from flowdppo.compare.report import budget_value, crossing, describe, verdict, welch
+from flowdppo.compare.spec import SpecError, load_spec
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    register_test_rewards()
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("compare") / "tiny.safetensors")
+
+
+def _tiny_set(ckpt: Path) -> dict:
+    return {
+        "model.pretrained": str(ckpt),
+        "model.lora_rank": 2,
+        "model.lora_alpha": 4,
+        "sampling.num_inference_steps": 4,
+        "sampling.train_pool": [0.0, 0.5],
+        "sampling.train_steps": 1,
+        "sampling.prompts_per_iter": 2,
+        "sampling.group_size": 2,
+        "optim.micro_batch_size": 4,
+        "optim.lr": 1.0e-2,
+        "optim.updates_per_iter": 2,
+        "eval.every": 1,
+        "eval.per_category": 1,
+        "eval.num_inference_steps": 3,
+        "eval.kl_samples": 2,
+        "data.eval_prompts": "shapes:test:counting,colors",
+        "sampling.untrained_precision": "full",
+        "train.max_iters": 2,
+        "train.save_every": 1,
+        "train.sample_every": 100,
+        # Shapes' rewards are 0 on every image of a random tiny model: no signal, no update.
+        "rewards": [{"name": "jpeg_incompressibility"}],
+    }
+
+
+def _write_spec(path: Path, ckpt: Path, **changes) -> Path:
+    spec = {
+        "question": "a tiny grid",
+        "set": _tiny_set(ckpt),
+        "seeds": [0],
+        "methods": {
+            "dppo": {"set": {"loss.name": "flow_dppo", "loss.delta": 1.0e-9}},
+            "clip": {"set": {"loss.name": "ratio_clip", "loss.clip_range": 1.0e-7}},
+        },
+        "report": {
+            "reward": "eval/jpeg_incompressibility",
+            "kl_budgets": [1.0],
+            "reward_gains": [0.0],
+            "reference": "dppo",
+        },
+    }
+    spec.update(changes)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- validation ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": 1}, "unknown key(s) ['colour']"),
+        ({"methods": {}}, "methods: expected a non-empty mapping"),
+        ({"seeds": []}, "seeds: expected a non-empty list of distinct integers"),
+        ({"seeds": [0, 0]}, "seeds: expected a non-empty list of distinct integers"),
+        ({"seeds": ["a"]}, "seeds: expected"),
+        ({"methods": {"m": {"sett": {}}}}, "unknown key(s) ['sett'] in methods.m"),
+        ({"methods": {"m": {"set": {"loss.delta": -1.0}}}}, "run m seed 0: "),
+        ({"methods": {"m": {"set": {"loss.dleta": 1.0}}}}, "loss.dleta"),
+        ({"methods": {"m": {"set": {"optim.lr": "fast"}}}}, "optim.lr: expected a number"),
+        ({"methods": {"m": {"sweep": {"loss.delta": 1.0}}}}, "methods.m.sweep.loss.delta"),
+        ({"sweep": {"loss.delta": []}}, "sweep.loss.delta: expected a non-empty list"),
+        ({"report": {"rewrd": "x"}}, "unknown key(s) ['rewrd'] in report"),
+        ({"report": {"reference": "nope"}}, "report.reference: expected one of the methods"),
+        ({"report": {"kl_budgets": "1e-5"}}, "report.kl_budgets: expected a list of numbers"),
+        ({"base": "missing.yaml"}, "base: expected an existing config file"),
+    ],
+)
+def test_a_bad_spec_is_one_line_naming_the_file_and_key(tmp_path, ckpt, change, message):
+    path = _write_spec(tmp_path / "bad.yaml", ckpt, **change)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_spec_errors_reach_the_user_as_one_line_and_exit_2(tmp_path, ckpt):
+    path = _write_spec(tmp_path / "bad.yaml", ckpt, seeds=[])
+    proc = cli("compare", str(path), "--out", str(tmp_path / "g"), check=False)
+    assert proc.returncode == 2
+    assert "seeds: expected" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "notyaml.yaml").write_bytes(b"\xff\xfe: [")
+    proc = cli("compare", str(tmp_path / "notyaml.yaml"), "--out", str(tmp_path / "g"), check=False)
+    assert proc.returncode == 2 and "not UTF-8" in proc.stderr
+
+
+def test_the_grid_is_methods_times_sweeps_times_seeds_in_seed_major_order(tmp_path, ckpt):
+    path = _write_spec(
+        tmp_path / "s.yaml",
+        ckpt,
+        seeds=[3, 1],
+        sweep={"optim.updates_per_iter": [1, 2]},
+        methods={
+            "a": {"set": {"loss.name": "flow_dppo"}, "sweep": {"loss.delta": [1.0e-6, 1.0e-5]}},
+            "b": {"set": {"loss.name": "ratio_clip"}},
+        },
+        report={},
+    )
+    spec = load_spec(path)
+    assert len(spec.runs) == (2 * 2 + 2) * 2
+    assert [r.seed for r in spec.runs] == [3] * 6 + [1] * 6
+    first = spec.runs[0]
+    assert first.name == "a__updates_per_iter=1__delta=1e-06__s3"
+    assert first.config.loss.delta == 1e-6 and first.config.optim.updates_per_iter == 1
+    assert first.config.train.seed == 3 and first.config.train.max_iters == 2
+    assert {r.config.loss.name for r in spec.runs if r.method == "b"} == {"ratio_clip"}
+
+
+# -- end to end --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, ckpt) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("grid")
+    spec = _write_spec(root / "tiny.yaml", ckpt)
+    out = root / "out"
+    proc = cli("compare", str(spec), "--out", str(out), "--jobs", "2", "--no-progress", timeout=300)
+    assert "2/2 runs done, 0 failed" in proc.stderr
+    return spec, out
+
+
+def test_a_grid_writes_run_directories_report_plots_and_summary(grid):
+    spec, out = grid
+    for name in ("dppo__s0", "clip__s0"):
+        run = out / "runs" / name
+        assert (run / "DONE").exists() and (run / "config.yaml").exists()
+        rows = _rows(run)
+        assert [r["iter"] for r in rows if r["kind"] == "train"] == [1, 2]
+        evals = [r for r in rows if r["kind"] == "eval"]
+        assert [r["iter"] for r in evals] == [0, 1, 2]
+        assert evals[0]["eval/kl_base"] == 0.0  # the base model against itself
+        assert evals[-1]["eval/kl_base"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True
+    assert set(summary["cells"]) == {"dppo", "clip"}
+    assert summary["environment"]["torch"] and summary["spec_digest"] == load_spec(spec).digest()
+    for p in ("frontier.png", "curves.png"):
+        assert (out / p).stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert "## Verdicts" in report and "What the trust region did" in report
+    # The thresholds are far below any move with lr 1e-2: both constraints bind.
+    assert all(c["binds"] for c in summary["cells"].values())
+    # A cell's number in the report is the mean of its runs' values in summary.json.
+    key = "final/eval/jpeg_incompressibility"
+    final = summary["runs"]["dppo__s0"][key]
+    assert summary["cells"]["dppo"][key]["mean"] == pytest.approx(final)
+
+
+def test_rerunning_a_finished_grid_trains_nothing(grid):
+    spec, out = grid
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.jsonl")}
+    proc = cli("compare", str(spec), "--out", str(out), "--no-progress")
+    assert "2/2 runs done" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.jsonl")} == before
+
+
+def test_report_only_rebuilds_the_report_without_training(grid):
+    _, out = grid
+    (out / "report.md").unlink()
+    (out / "summary.json").unlink()
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.jsonl")}
+    proc = cli("compare", "--report-only", str(out))
+    assert "report:" in proc.stdout and (out / "report.md").exists()
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.jsonl")} == before
+    proc = cli("compare", "--report-only", str(out / "runs"), check=False)
+    assert proc.returncode == 2 and "no spec.yaml there" in proc.stderr
+
+
+def test_a_changed_spec_is_refused_naming_what_changed_unless_allowed(grid, ckpt, tmp_path):
+    spec, out = grid
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    changed = _write_spec(
+        tmp_path / "tiny.yaml",
+        ckpt,
+        methods={
+            "dppo": {"set": {"loss.name": "flow_dppo", "loss.delta": 1.0e-8}},
+            "clip": {"set": {"loss.name": "ratio_clip", "loss.clip_range": 1.0e-7}},
+        },
+    )
+    proc = cli("compare", str(changed), "--out", str(copy), "--no-progress", check=False)
+    assert proc.returncode == 2
+    assert "the spec changed" in proc.stderr and "loss.delta 1e-09 -> 1e-08" in proc.stderr
+    proc = cli("compare", str(changed), "--out", str(copy), "--no-progress", "--allow-changed")
+    assert "2/2 runs done" in proc.stderr
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(grid, tmp_path):
+    """A run stopped after iteration 1 (its checkpoint saved) is resumed by compare and ends as
+    the grid's uninterrupted run did; a run killed before any checkpoint is started over."""
+    spec, out = grid
+    part = tmp_path / "out"
+    load = load_spec(spec)
+    run = next(r for r in load.runs if r.name == "dppo__s0")
+    cfg = tmp_path / "dppo.yaml"
+    cfg.write_text(yaml.safe_dump(run.config_dict()))
+    cli("train", str(cfg), "--out", str(part / "runs" / "dppo__s0"), "--max-iters", "1")
+    stale = part / "runs" / "clip__s0"  # killed before its first checkpoint
+    stale.mkdir(parents=True)
+    (stale / "metrics.jsonl").write_text('{"iter": 0, "kind": "eval"}\n')
+    proc = cli("compare", str(spec), "--out", str(part), "--no-progress", timeout=300)
+    assert "2/2 runs done" in proc.stderr
+    for name in ("dppo__s0", "clip__s0"):
+        got, want = _rows(part / "runs" / name), _rows(out / "runs" / name)
+        assert [(r["kind"], r["iter"]) for r in got] == [(r["kind"], r["iter"]) for r in want]
+        for g, w in zip(got, want, strict=True):
+            for k, v in w.items():
+                if k.startswith("time/") or not isinstance(v, float):
+                    continue
+                assert g[k] == pytest.approx(v, rel=1e-6, abs=1e-9), (name, g["iter"], k)
+
+
+# -- the report's arithmetic ----------------------------------------------------------------------
+def test_budget_value_is_the_best_reward_within_the_kl_budget():
+    kl = np.array([0.0, 1.0, 3.0])
+    rw = np.array([0.5, 0.7, 0.6])
+    assert budget_value(kl, rw, 0.5) == pytest.approx(0.6)  # interpolated at the crossing
+    assert budget_value(kl, rw, 2.0) == pytest.approx(0.7)
+    assert budget_value(kl, rw, 10.0) == pytest.approx(0.7)
+    assert math.isnan(budget_value(np.array([1.0]), np.array([0.3]), 0.5))
+
+
+def test_crossing_is_the_first_interpolated_reach():
+    it = np.array([0.0, 10.0, 20.0])
+    assert crossing(it, np.array([0.2, 0.4, 0.8]), 0.6) == pytest.approx(15.0)
+    assert crossing(it, np.array([0.2, 0.4, 0.8]), 0.1) == 0.0
+    assert math.isnan(crossing(it, np.array([0.2, 0.4, 0.3]), 0.5))
+
+
+def test_welch_matches_scipy_and_the_interval_matches_the_p_value():
+    from scipy import stats
+
+    a, b = [0.61, 0.64, 0.66, 0.60], [0.55, 0.58, 0.52]
+    t = welch(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    assert t["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert t["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert (t["lo"] > 0) == (ref.pvalue < 0.05)
+    d = describe([1.0, 2.0, 3.0])
+    assert d["mean"] == 2.0 and d["std"] == 1.0
+    assert d["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) / math.sqrt(3))
+
+
+def test_verdicts_never_call_a_non_binding_comparison_a_win():
+    win = {"diff": 0.1, "lo": 0.05, "hi": 0.15}
+    tie = {"diff": 0.01, "lo": -0.05, "hi": 0.07}
+    assert verdict(win, True, False) == "higher"
+    assert verdict({"diff": -0.1, "lo": -0.15, "hi": -0.05}, True, True) == "lower"
+    assert verdict(tie, True, True) == "not distinguishable"
+    assert verdict(win, False, False) == "not binding"
