@@ -13,6 +13,7 @@ Nothing here re-implements the diffusers denoising loop: the rollout loop is
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -55,6 +56,16 @@ def resolve_dtype(device: torch.device, dtype: torch.dtype | str | None) -> torc
     return torch.float32
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a hub repository id ``owner/name`` (dots allowed, as in
+    ``black-forest-labs/FLUX.1-dev``), not as a path: no leading ``.``, ``/`` or ``~``, one
+    slash, no ``..``. A folder of that name on disk is taken as the folder, before this check."""
+    return bool(_HUB_ID.fullmatch(name)) and ".." not in name
+
+
 def load_pipeline(pipeline_cls: type, path_or_pipeline: Any, dtype: torch.dtype) -> Any:
     """Return a ``pipeline_cls`` instance from an object, a local folder or a cached hub id.
 
@@ -69,9 +80,9 @@ def load_pipeline(pipeline_cls: type, path_or_pipeline: Any, dtype: torch.dtype)
             f"got {type(path_or_pipeline).__name__}"
         )
     name = str(path_or_pipeline)
-    if Path(name).is_dir():
-        return pipeline_cls.from_pretrained(name, **_dtype_kwarg(dtype))
-    if name.startswith((".", "/", "~")) or Path(name).suffix:
+    if Path(name).expanduser().is_dir():
+        return pipeline_cls.from_pretrained(str(Path(name).expanduser()), **_dtype_kwarg(dtype))
+    if not is_hub_id(name):
         raise FileNotFoundError(f"pipeline folder {name!r} does not exist")
     try:
         return pipeline_cls.from_pretrained(name, local_files_only=True, **_dtype_kwarg(dtype))
