@@ -35,6 +35,7 @@ def _config(family, prompts_file, *extra: str):
         f"data.train_prompts={prompts_file}",
         f"data.eval_prompts={prompts_file}",
         "rewards=[{name: jpeg_compressibility}]",
+        "train.kl_ref_every=1",  # kl/ref_mean on every iteration (the default skips some)
         *extra,
     ]
     return load_config(None, overrides)
