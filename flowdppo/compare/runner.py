@@ -12,6 +12,7 @@ Runs are subprocesses, ``jobs`` at a time, each with ``threads`` CPU threads (th
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -115,6 +116,12 @@ def run_grid(
     """Run every unfinished run of ``spec`` into ``out``; returns {done, failed, skipped}."""
     if jobs < 1 or threads < 1:
         raise SpecError(f"--jobs and --threads must be >= 1, got {jobs} and {threads}")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = (out / ".lock").open("w")
+    try:  # two compares on one grid would start the same runs twice
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SpecError(f"{out}: another flowdppo compare is running on this grid") from None
     check_grid(spec, out, allow_changed)
     from flowdppo.compare.report import environment
 

@@ -279,3 +279,18 @@ def test_verdicts_never_call_a_non_binding_comparison_a_win():
     assert verdict({"diff": -0.1, "lo": -0.15, "hi": -0.05}, True, True) == "lower"
     assert verdict(tie, True, True) == "not distinguishable"
     assert verdict(win, False, False) == "not binding"
+
+
+def test_a_second_compare_on_a_running_grid_is_refused(tmp_path, ckpt):
+    import fcntl
+
+    from flowdppo.compare.runner import run_grid
+
+    spec = load_spec(_write_spec(tmp_path / "s.yaml", ckpt))
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SpecError, match="another flowdppo compare is running"):
+            run_grid(spec, out, progress=False)
+    assert not (out / "runs").exists()  # refused before anything started
