@@ -94,3 +94,21 @@ def check_compiler(device: torch.device) -> None:
 def build_run_rewards(cfg: RunConfig) -> list[LoadedReward]:
     """The run's rewards, in config order."""
     return build_rewards([RewardSpec(r.name, r.weight, dict(r.kwargs)) for r in cfg.rewards])
+
+
+def resolve_untrained_precision(cfg: RunConfig, device: torch.device) -> str:
+    """Replace ``sampling.untrained_precision: auto`` in ``cfg`` by what it picks on ``device``
+    (``full`` or ``reduced``, ``experience.use_reduced_precision``), so the run's saved config
+    names the precision its rollouts used and a resume on another machine keeps it. Returns the
+    line to print at start, or '' when the config already named a precision."""
+    from flowdppo.trainer.experience import use_reduced_precision
+
+    s = cfg.sampling
+    if s.untrained_precision != "auto":
+        return ""
+    s.untrained_precision = "reduced" if use_reduced_precision(s, device) else "full"
+    why = "bfloat16 kernels" if s.untrained_precision == "reduced" else "no bfloat16 kernels"
+    return (
+        f"sampling.untrained_precision: auto -> {s.untrained_precision} ({why} on {device.type}; "
+        "saved in config.yaml; set it to full or reduced for the same rollouts on every machine)"
+    )

@@ -78,9 +78,20 @@ def sample_noise(
 
 def use_reduced_precision(s: SamplingConfig, device: torch.device) -> bool:
     """``sampling.untrained_precision``: full, reduced, or auto (reduced where bfloat16 kernels
-    exist: oneDNN's on a CPU, any CUDA device)."""
+    exist: oneDNN's on a CPU, any CUDA device).
+
+    ``auto`` asks the hardware unless ``FLOWDPPO_FORCE_BF16_KERNELS`` is ``1`` (answer: the
+    kernels exist) or ``0`` (they do not), so either resolution can be run, and tested, on any
+    machine. The trainer resolves ``auto`` once and saves the answer with the run."""
     if s.untrained_precision != "auto":
         return s.untrained_precision == "reduced"
+    import os  # local: this function is the one place that reads the variable
+
+    forced = os.environ.get("FLOWDPPO_FORCE_BF16_KERNELS", "")
+    if forced:
+        if forced not in ("0", "1"):
+            raise ValueError(f"FLOWDPPO_FORCE_BF16_KERNELS={forced!r}: expected 0, 1 or unset")
+        return forced == "1"
     if device.type == "cpu":  # a private oneDNN query: absent in a build means no kernels known
         supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
         return bool(supported is not None and supported())

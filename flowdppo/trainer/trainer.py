@@ -24,7 +24,7 @@ from tqdm import tqdm
 from flowdppo.config import RunConfig, dump_config
 from flowdppo.core import group_advantages, select_train_steps
 from flowdppo.rewards.compute import RewardError
-from flowdppo.trainer.build import build_policy, build_run_rewards
+from flowdppo.trainer.build import build_policy, build_run_rewards, resolve_untrained_precision
 from flowdppo.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from flowdppo.trainer.data import balance_by, load_prompts, prompt_indices
 from flowdppo.trainer.ema import EMA
@@ -85,6 +85,9 @@ class Trainer:
         if ckpt is not None:
             self.iteration = load_checkpoint(ckpt, self.policy, self.optimizer, self.ema)
             self._saved_at = self.iteration
+        note = resolve_untrained_precision(cfg, self.acc.device)  # auto → full | reduced, saved
+        if note and self.is_main:
+            print(note, file=sys.stderr)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")

@@ -56,9 +56,10 @@ def test_fresh_model_sees_positions_above_the_noise():
     assert pos.norm(dim=1).mean() > 2 * tokens.norm(dim=-1).mean()
 
 
-def test_bfloat16_blocks_stay_close_where_the_whole_model_does_not():
-    """``block_dtype``: the blocks in bfloat16 move v by ~0.1% on the shipped base; autocasting
-    the whole model (stem, head and the skip of the noisy input too) moves it by ~15%."""
+def test_bfloat16_blocks_run_in_bfloat16_and_stay_close():
+    """``block_dtype``: the transformer blocks run in bfloat16, the stem, the head and the skip of
+    the noisy input in float32 (what each layer computes in is checked, not a measured gap to a
+    whole-model autocast: that gap depends on the CPU's kernels, 15% on one, 0.4% on another)."""
     from flowdppo.models.shapes import ShapesPolicy, load_base_model
     from flowdppo.shapes.model import tokenize
 
@@ -66,16 +67,25 @@ def test_bfloat16_blocks_stay_close_where_the_whole_model_does_not():
     g = torch.Generator().manual_seed(0)
     x, sigma = torch.randn(16, 3, 32, 32, generator=g), torch.full((16,), 0.5)
     cond = model.encode_text(tokenize(["a red circle to the left of a blue square"] * 16, 12))
+    seen: dict[str, torch.dtype] = {}
+    layers = {"block": model.blocks[0].fc1, "stem": model.stem, "head": model.head_out}
+    for name, layer in layers.items():
+        layer.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.dtype))
     with torch.no_grad():
         full = model(x, sigma, cond["text"], cond["mask"])
+        assert set(seen.values()) == {torch.float32}
         model.block_dtype = torch.bfloat16
         blocks = model(x, sigma, cond["text"], cond["mask"])
         model.block_dtype = None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            whole = model(x, sigma, cond["text"], cond["mask"]).float()
-    rel = lambda a: float((a - full).norm() / full.norm())  # noqa: E731
+    assert seen == {"block": torch.bfloat16, "stem": torch.float32, "head": torch.float32}
     assert blocks.dtype == torch.float32
-    assert 0 < rel(blocks) < 5e-3 and rel(whole) > 10 * rel(blocks)
+    # A bfloat16 rounding errs by at most u = 2^-9 ≈ 2e-3 relative (RMS u/√3 ≈ 1.1e-3). Autocast
+    # rounds each block linear's input and weight and accumulates in float32; the roundings of
+    # different layers are independent, so in norm they add in quadrature, and the residual
+    # stream, the head and the σ·x skip stay float32: rel(v) = O(u) (0.5u measured on two CPUs).
+    # 2.5u bounds it with room for the four blocks' growth; a float32 run (0) fails the left side.
+    rel = float((blocks - full).norm() / full.norm())
+    assert 0 < rel < 5e-3
 
     policy = ShapesPolicy(model)
     with policy.reduced_precision():

@@ -45,6 +45,11 @@ def _close(key: str, a: float, b: float) -> bool:
     """1e-5 (absolute, or relative above 1), as the spec asks; KL-type values are ∝ |Δμ|² ≈ 1e-9
     and only agree to the float32 noise of forward passes over other batch compositions
     (≈1e-4 relative, see test_update._close)."""
+    if key == "check/onpolicy_ratio_err_max":
+        # |ρ - 1|, ρ = exp(logp_θ - logp_old): logp (a mean over the latent, ≈ -1.4) recomputed by
+        # compiled code, whose fused kernels sum in another order, differs from the stored one by
+        # a few ulp of its size (ulp(1.4) = 2^-23 = 1.2e-7), and ρ - 1 by as much: 4 ulp.
+        return math.isclose(a, b, abs_tol=5e-7)
     if key.startswith(("kl/", "check/")):
         return math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-12)
     return abs(a - b) <= 1e-5 * max(1.0, abs(a))

@@ -102,15 +102,35 @@ def test_reduced_precision_acts_on_untrained_steps_only(tiny_ckpt) -> None:
     assert torch.equal(kl_to_reference(reduced, "mean"), torch.zeros(4, 2))
 
 
-def test_untrained_precision_auto_follows_the_bfloat16_kernels() -> None:
+def test_untrained_precision_auto_follows_the_bfloat16_kernels(monkeypatch) -> None:
+    """auto asks oneDNN on a CPU; FLOWDPPO_FORCE_BF16_KERNELS=1|0 answers in its place (so each
+    resolution runs on any machine); full and reduced ignore both."""
     from flowdppo.config.schema import SamplingConfig
     from flowdppo.trainer.experience import use_reduced_precision
 
     cpu = torch.device("cpu")
-    assert not use_reduced_precision(SamplingConfig(untrained_precision="full"), cpu)
-    assert use_reduced_precision(SamplingConfig(untrained_precision="reduced"), cpu)
-    auto = use_reduced_precision(SamplingConfig(untrained_precision="auto"), cpu)
-    assert auto == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    auto = SamplingConfig(untrained_precision="auto")
+    monkeypatch.delenv("FLOWDPPO_FORCE_BF16_KERNELS", raising=False)
+    assert use_reduced_precision(auto, cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    for forced, expected in (("1", True), ("0", False)):
+        monkeypatch.setenv("FLOWDPPO_FORCE_BF16_KERNELS", forced)
+        assert use_reduced_precision(auto, cpu) is expected
+        assert not use_reduced_precision(SamplingConfig(untrained_precision="full"), cpu)
+        assert use_reduced_precision(SamplingConfig(untrained_precision="reduced"), cpu)
+    monkeypatch.setenv("FLOWDPPO_FORCE_BF16_KERNELS", "yes")
+    with pytest.raises(ValueError, match="FLOWDPPO_FORCE_BF16_KERNELS='yes': expected 0, 1"):
+        use_reduced_precision(auto, cpu)
+
+
+@pytest.mark.parametrize("forced, means", [("1", "reduced"), ("0", "full")])
+def test_auto_rollouts_are_those_of_the_precision_it_resolves_to(
+    tiny_ckpt, monkeypatch, forced, means
+) -> None:
+    """Each resolution of auto, forced on this machine, samples exactly what naming it does."""
+    monkeypatch.setenv("FLOWDPPO_FORCE_BF16_KERNELS", forced)
+    auto = _collect(tiny_ckpt, 4, (0, 1, 2, 3), "sampling.untrained_precision=auto")
+    named = _collect(tiny_ckpt, 4, (0, 1, 2, 3), f"sampling.untrained_precision={means}")
+    assert torch.equal(auto.x, named.x) and torch.equal(auto.images, named.images)
 
 
 def _count_forwards(tiny_ckpt, iteration: int, *extra: str) -> tuple[object, list[int]]:

@@ -66,6 +66,9 @@ def tiny_overrides(checkpoint: Path, *extra: str) -> list[str]:
         "train.sample_every=1",
         "train.threads=1",
         "train.kl_ref_every=1",  # kl/ref_mean on every line (the default skips iterations)
+        # auto would pick by the CPU (bfloat16 untrained steps where oneDNN has the kernels), and
+        # the invariance tests compare runs to float32 noise: pinned; tests of reduced set it.
+        "sampling.untrained_precision=full",
         *extra,
     ]
 
