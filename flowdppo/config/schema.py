@@ -1,7 +1,7 @@
 """The typed run configuration: one dataclass per concern, each field once with its help.
 
-Every field has a type, a default and ``help`` metadata (the CLI's ``flowdppo config --help``
-and ``docs/config.md`` are generated from it). ``validate()`` checks values eagerly and names the
+Every field has a type, a default and ``help`` metadata (``docs/config.md`` is generated from
+it by ``flowdppo.config.docs``). ``validate()`` checks values eagerly and names the
 field and the value; ``flowdppo.config.load`` rejects unknown keys and wrong types.
 Defaults are the Shapes + Flow-DPPO recipe of ``docs/tuning.md``.
 """
@@ -100,7 +100,14 @@ class SamplingConfig:
     batch_size: int = _f(64, "samples per forward pass when sampling (per process)")
     untrained_precision: str = _f(
         "auto",
-        "precision of the rollout steps that are not trained (ODE, no log-prob): full | reduced (the policy's reduced precision; Shapes: transformer blocks in bfloat16) | auto (reduced where the CPU or GPU has bfloat16 kernels); trained steps are always full",
+        "precision of the rollout steps that are not trained (ODE, no log-prob): full | reduced "
+        "(the policy's reduced precision; Shapes: transformer blocks in bfloat16) | auto: reduced "
+        "on any CUDA GPU and on a CPU with oneDNN bfloat16 kernels (avx512_bf16 or AMX: recent "
+        "Xeon and EPYC), full on other CPUs; the environment variable "
+        "FLOWDPPO_FORCE_BF16_KERNELS=1|0 overrides the hardware query. The run resolves auto once "
+        "and saves full or reduced in RUN/config.yaml (and prints it), since the two give "
+        "different samples: name one for the same results on every machine. Trained steps are "
+        "always full",
         choices=("full", "reduced", "auto"),
     )
 
@@ -119,7 +126,12 @@ class SamplingConfig:
             self.num_inference_steps,
             "an int >= 1",
         )
-        _check(self.eta >= 0, "sampling.eta", self.eta, "a number >= 0")
+        _check(
+            self.eta > 0,
+            "sampling.eta",
+            self.eta,
+            "a number > 0 (η = 0 makes every step an ODE step, of std 0: no density to train)",
+        )
         _check(
             self.guidance_scale >= 1.0,
             "sampling.guidance_scale",
@@ -174,7 +186,19 @@ class LossConfig:
     )
     delta: float = _f(1e-5, "Flow-DPPO divergence threshold δ (in the reduction's unit)")
     divergence: str = _f("kl", "Flow-DPPO divergence: kl | tv", choices=("kl", "tv"))
-    clip_range: float = _f(1e-4, "ratio clip ε (ratio_clip, grpo_guard)")
+    clip_range: float | None = _f(
+        None,
+        "ratio clip ε of ratio_clip and grpo_guard; null: the loss's published default, 1e-4 for "
+        "ratio_clip (Flow-GRPO) and 2e-6 for grpo_guard (its ratio is exp(c·log ρ) with c = s_k, "
+        "so it moves far less), resolved on loading and saved with the run",
+    )
+    guard_scale: str = _f(
+        "term",
+        "grpo_guard's RatioNorm scale c and step-size divisor |Δ|: term (each term's own s_k and "
+        "|Δ|) | batch (their means over the mini-batch, as GRPO-Guard's code does); the two agree "
+        "when a mini-batch holds one step index, and differ when it mixes steps (docs/algorithm.md)",
+        choices=("term", "batch"),
+    )
     beta: float = _f(0.0, "weight β of the exact KL(π_θ ‖ π_ref) penalty")
     adv_clip: float | None = _f(5.0, "clip |A| to this (None: off)")
 
@@ -183,7 +207,16 @@ class LossConfig:
 
         _check(self.name in LOSSES, "loss.name", self.name, f"one of {sorted(LOSSES)}")
         _check(self.delta > 0, "loss.delta", self.delta, "a number > 0")
-        _check(self.clip_range > 0, "loss.clip_range", self.clip_range, "a number > 0")
+        if self.clip_range is None:  # resolved here, once, so the saved config names it
+            from flowdppo.core import DEFAULT_CLIP_RANGE
+
+            self.clip_range = DEFAULT_CLIP_RANGE.get(self.name)
+        _check(
+            self.clip_range is None or self.clip_range > 0,
+            "loss.clip_range",
+            self.clip_range,
+            "null or a number > 0",
+        )
         _check(self.beta >= 0, "loss.beta", self.beta, "a number >= 0")
         _check(
             self.adv_clip is None or self.adv_clip > 0,
@@ -194,9 +227,13 @@ class LossConfig:
 
     def hparams(self) -> dict[str, Any]:
         """The keyword arguments of the chosen core loss."""
+        from flowdppo.core import DEFAULT_CLIP_RANGE
+
         if self.name == "flow_dppo":
             return {"delta": self.delta, "divergence": self.divergence, "reduction": self.reduction}
-        return {"clip_range": self.clip_range, "reduction": self.reduction}
+        eps = DEFAULT_CLIP_RANGE[self.name] if self.clip_range is None else self.clip_range
+        out = {"clip_range": eps, "reduction": self.reduction}
+        return {**out, "scale": self.guard_scale} if self.name == "grpo_guard" else out
 
 
 @dataclass

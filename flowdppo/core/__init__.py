@@ -7,6 +7,7 @@ advantages, trained-step selection and the one rollout loop over a velocity func
 from .advantages import group_advantages, sharded_group_advantages
 from .divergence import DIVERGENCES, gaussian_kl, gaussian_tv, get_divergence
 from .losses import (
+    DEFAULT_CLIP_RANGE,
     LOSSES,
     MAX_LOG_RATIO,
     LossInputs,
@@ -37,6 +38,7 @@ from .sde import (
 from .steps import select_train_steps
 
 __all__ = [
+    "DEFAULT_CLIP_RANGE",
     "DIVERGENCES",
     "LOSSES",
     "MAX_LOG_RATIO",

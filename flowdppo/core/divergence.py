@@ -30,6 +30,18 @@ def _diff(mean_p: Tensor, mean_q: Tensor) -> Tensor:
     return mean_p.float() - mean_q.float()
 
 
+def _std(std: float | Tensor, diff: Tensor) -> Tensor:
+    """The std as float32 [B], refused unless > 0 everywhere: a step of std 0 (η = 0, an ODE
+    step, CPS's last step) is deterministic, has no density, and its divergence is 0/0."""
+    s = per_sample(std, diff.shape[0], diff.device, "std")
+    if not bool((s > 0).all()):  # NaN fails too
+        raise ValueError(
+            f"std must be > 0 for a divergence, got {s.tolist()}: a step of std 0 (η = 0, an "
+            "ODE step, CPS's last step) is deterministic and cannot be trained"
+        )
+    return s
+
+
 def gaussian_kl(
     mean_p: Tensor, mean_q: Tensor, std: float | Tensor, reduction: str = "mean"
 ) -> Tensor:
@@ -40,14 +52,14 @@ def gaussian_kl(
 
     Args:
         mean_p, mean_q: [B, ...] (any dtype; computed in float32).
-        std: float or tensor [B], > 0.
+        std: float or tensor [B], > 0 (``ValueError`` otherwise, quoting the values).
         reduction: ``"mean"`` (per dimension) or ``"sum"``.
     Returns:
         float32 [B], differentiable in both means.
     """
     check_reduction(reduction)
     diff = _diff(mean_p, mean_q)
-    s = per_sample(std, diff.shape[0], diff.device, "std")
+    s = _std(std, diff)
     return reduce_over_sample(diff**2, reduction) / (2.0 * s**2)
 
 
@@ -58,12 +70,12 @@ def gaussian_tv(mean_p: Tensor, mean_q: Tensor, std: float | Tensor) -> Tensor:
     Gaussians differ only along Δμ, where they are 1-D normals ``||Δμ||`` apart.
 
     Args:
-        mean_p, mean_q: [B, ...]; std: float or tensor [B], > 0.
+        mean_p, mean_q: [B, ...]; std: float or tensor [B], > 0 (``ValueError`` otherwise).
     Returns:
         float32 [B] in [0, 1].
     """
     diff = _diff(mean_p, mean_q)
-    s = per_sample(std, diff.shape[0], diff.device, "std")
+    s = _std(std, diff)
     dist = torch.linalg.vector_norm(diff.reshape(diff.shape[0], -1), dim=1)  # [B, D] -> [B]
     return torch.erf(dist / (2.0 * math.sqrt(2.0) * s))
 

@@ -240,7 +240,7 @@ def grpo_guard_loss(
     uses each term's own ``c = s`` and ``|Δ|``: all samples of one step share them, so this equals
     the spec's batch means when a mini-batch holds one step, and stays right when a mini-batch
     mixes steps. ``scale="batch"`` uses ``c = mean(s)`` and ``mean(|Δ|)`` over the mini-batch,
-    literally (verl-omni). Defined in the "mean" unit (ε = 2e-6); with ``"sum"``
+    literally (verl-omni). The trainer's ``loss.guard_scale`` chooses. Defined in the "mean" unit (ε = 2e-6); with ``"sum"``
     both Δlogp and the bias are D times larger.
     """
     check_positive(clip_range, "clip_range")
@@ -280,6 +280,10 @@ def clip_advantages(adv: Tensor, max_abs: float) -> Tensor:
     check_positive(max_abs, "max_abs")
     return adv.clamp(-max_abs, max_abs)
 
+
+# The ε each clipped loss is published with, in the "mean" unit: Flow-GRPO's 1e-4 and
+# GRPO-Guard's 2e-6 (its RatioNorm ratio exp(c·(Δlogp + bias)), c = s_k, moves less than ρ).
+DEFAULT_CLIP_RANGE: dict[str, float] = {"ratio_clip": 1e-4, "grpo_guard": 2e-6}
 
 LossFn = Callable[..., LossOutput]
 LOSSES: dict[str, LossFn] = {

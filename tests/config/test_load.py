@@ -75,6 +75,12 @@ def test_wrong_type_names_key_and_value(override, message) -> None:
             "sampling.sampler: expected one of ['cps', 'cps_peer_parity', 'dance_sde', 'flow_sde'], got 'ode'",
         ),
         (
+            "sampling.eta=0",
+            "sampling.eta: expected a number > 0 (η = 0 makes every step an ODE step, of std 0: "
+            "no density to train), got 0.0",
+        ),
+        ("loss.clip_range=0", "loss.clip_range: expected null or a number > 0, got 0.0"),
+        (
             "loss.name=ppo",
             "loss.name: expected one of ['flow_dppo', 'grpo_guard', 'ratio_clip'], got 'ppo'",
         ),
@@ -214,3 +220,21 @@ def test_every_schema_field_has_help_text() -> None:
     assert len(fields) > 40
     missing = sorted(k for k, f in fields.items() if len(f.metadata.get("help", "").strip()) < 5)
     assert not missing, f"fields without help: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("name", "eps"), [("ratio_clip", 1e-4), ("grpo_guard", 2e-6), ("flow_dppo", None)]
+)
+def test_clip_range_defaults_to_the_losss_own_and_is_saved(tmp_path, name, eps) -> None:
+    """loss.clip_range null: Flow-GRPO's 1e-4 for ratio_clip, GRPO-Guard's 2e-6 for grpo_guard
+    (docs/algorithm.md §4), written into the config (so the saved run names it); a value given
+    is kept; grpo_guard's RatioNorm scale reaches the loss as ``scale``."""
+    cfg = load_config(None, [f"loss.name={name}"])
+    assert cfg.loss.clip_range == eps
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").loss.clip_range == eps
+    assert load_config(None, [f"loss.name={name}", "loss.clip_range=3e-5"]).loss.clip_range == 3e-5
+    if name == "grpo_guard":
+        assert cfg.loss.hparams() == {"clip_range": 2e-6, "reduction": "mean", "scale": "term"}
+        cfg = load_config(None, ["loss.name=grpo_guard", "loss.guard_scale=batch"])
+        assert cfg.loss.hparams()["scale"] == "batch"

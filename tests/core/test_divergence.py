@@ -119,3 +119,13 @@ def test_registry_and_bad_inputs():
     with pytest.raises(ValueError, match=r"std must be a float or a tensor of shape \[3\]"):
         gaussian_tv(p, q, torch.ones(2))
     assert math.isfinite(gaussian_kl(p, q, torch.full((3,), 0.5)).sum().item())
+
+
+@pytest.mark.parametrize("name", ["kl", "tv"])
+@pytest.mark.parametrize("std", [0.0, torch.tensor([0.3, 0.0]), torch.tensor([0.3, math.nan])])
+def test_a_step_of_std_zero_is_refused_with_a_message(name, std):
+    """η = 0, an ODE step or CPS's last step: std 0, no density; the KL would be 0/0 = NaN."""
+    p, q = torch.zeros(2, 3), torch.zeros(2, 3)
+    message = r"std must be > 0 for a divergence, got \[.*\]: a step of std 0 .* cannot be trained"
+    with pytest.raises(ValueError, match=message):
+        get_divergence(name)(p, q, std, "mean")

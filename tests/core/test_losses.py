@@ -209,6 +209,37 @@ def test_grpo_guard_batch_scale_uses_batch_means_and_clips():
     assert out.metrics["clip/frac"] == 1.0
 
 
+def test_grpo_guard_scales_agree_on_one_step_and_differ_on_mixed_steps():
+    """The spec's c = batch mean of s_k and divisor mean |Δ| ("batch") equal each term's own
+    ("term", the default) when a mini-batch holds one step; on a mini-batch mixing steps (0.5,
+    0.1) and (0.2, 0.05), "term" is the mean of the two one-step mini-batches' losses."""
+    args = ([0.02, -0.03], [1.0, -2.0], [0.01, 0.01])
+    one = _inputs(*args, std=torch.tensor([0.5, 0.5]), step_size=torch.tensor([0.1, 0.1]))
+    by_term, by_batch = (grpo_guard_loss(one, clip_range=0.5, scale=s) for s in ("term", "batch"))
+    assert by_term.loss.item() == by_batch.loss.item()
+    std, step = torch.tensor([0.5, 0.2]), torch.tensor([0.1, 0.05])
+    mixed = _inputs(*args, std=std, step_size=step)
+    term = grpo_guard_loss(mixed, clip_range=0.5, scale="term").loss.item()
+    batch = grpo_guard_loss(mixed, clip_range=0.5, scale="batch").loss.item()
+    halves = [
+        grpo_guard_loss(
+            _inputs(*([a[i]] for a in args), std=std[i : i + 1], step_size=step[i : i + 1]),
+            clip_range=0.5,
+            scale="batch",
+        ).loss.item()
+        for i in (0, 1)
+    ]
+    assert term == pytest.approx(sum(halves) / 2, rel=1e-6)
+    assert abs(batch - term) > 0.1 * abs(term)
+
+
+def test_a_step_of_std_zero_is_refused_by_every_loss():
+    inp = _inputs([0.0, 0.0], [1.0, -1.0], [0.01, 0.01], std=torch.tensor([0.5, 0.0]))
+    for name, kw in (("flow_dppo", {"delta": DELTA}), ("ratio_clip", {"clip_range": 1e-4})):
+        with pytest.raises(ValueError, match="std must be > 0 for a divergence"):
+            LOSSES[name](inp, **kw)
+
+
 def test_grpo_guard_on_policy_ratio_is_one_and_needs_step_size():
     inp = _inputs([0.0, 0.0], [1.0, -1.0], [0.0, 0.0], step_size=0.1)
     out = grpo_guard_loss(inp, clip_range=2e-6)

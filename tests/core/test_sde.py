@@ -240,3 +240,65 @@ def test_cps_rejects_eta_above_one():
     x, v = _xv()
     with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\] for CPS"):
         cps_step(x, v, 0.6, 0.4, 1.5)
+
+
+def test_flow_sde_5d_batch_against_the_closed_form():
+    """Video latents [B, C, F, H, W], one (σ, σ') per sample, σ = 1 among them: every value against
+    the formulas of the module docstring written out per sample with python floats (not against
+    per-sample calls of the same kernel): mean, std = g·sqrt(-Δ), x' = mean + std·z, and
+    log_prob = mean_d(-z²/2) - log std - log(2π)/2."""
+    x, v = _xv((3, 2, 2, 3, 3))
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    sigma, sigma_next, eta = [1.0, 0.7, 0.4], [0.9, 0.5, 0.1], 0.7
+    out = flow_sde_step(x, v, torch.tensor(sigma), torch.tensor(sigma_next), eta, noise=z)
+    for i, (s, s_next) in enumerate(zip(sigma, sigma_next, strict=True)):
+        # at σ = 1 the denominator 1 - σ is replaced by 1 - σ' (docs/algorithm.md §2)
+        g = eta * math.sqrt(s / (1 - (s_next if s == 1.0 else s)))
+        mean, std = _sde_expected(x[i], v[i], s, s_next, g)
+        torch.testing.assert_close(out.mean[i], mean, atol=1e-5, rtol=0)
+        assert out.std[i].item() == pytest.approx(std, abs=1e-6)
+        torch.testing.assert_close(out.x_next[i], mean + std * z[i], atol=1e-5, rtol=0)
+        log_prob = (
+            (-0.5 * z[i].double() ** 2).mean().item() - math.log(std) - 0.5 * math.log(2 * math.pi)
+        )
+        assert out.log_prob[i].item() == pytest.approx(log_prob, abs=1e-5)
+
+
+def test_cps_off_policy_log_ratio_by_hand():
+    """One sample, D = 2, σ 0.6 -> 0.3, η = 0.5: s = 0.3·sin(π/4) = 0.212132 and
+    sqrt(σ'² - s²) = sqrt(0.045) = 0.212132, so μ = 0.7·(x - 0.6v) + 0.212132·(x + 0.4v).
+    x = (0.5, -1), x' = (0.3, -0.8); v_old = (1, 0.5) gives μ_old = (0.120919, -1.079706),
+    v_new = (1.2, 0.4) gives μ_new = (0.053889, -1.046191). The constants cancel in the ratio:
+    log ρ = mean_d[(x' - μ_old)² - (x' - μ_new)²] / (2s²) = (0.032070 - 0.060570
+    + 0.078235 - 0.060610) / 2 / 0.09 = -0.060417, ρ = 0.941372."""
+    x, x_next = torch.tensor([[0.5, -1.0]]), torch.tensor([[0.3, -0.8]])
+    old = cps_step(x, torch.tensor([[1.0, 0.5]]), 0.6, 0.3, 0.5, x_next=x_next)
+    new = cps_step(x, torch.tensor([[1.2, 0.4]]), 0.6, 0.3, 0.5, x_next=x_next)
+    torch.testing.assert_close(old.mean, torch.tensor([[0.120919, -1.079706]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(new.mean, torch.tensor([[0.053889, -1.046191]]), atol=1e-6, rtol=0)
+    log_ratio = (new.log_prob - old.log_prob).item()
+    assert log_ratio == pytest.approx(-0.060417, abs=2e-6)
+    assert math.exp(log_ratio) == pytest.approx(0.941372, abs=2e-6)
+    # the peers' CPS "log-prob" drops 1/(2s²): their log-ratio is 2s² = 0.09 times ours
+    old_p, new_p = (
+        cps_peer_parity_step(x, torch.tensor([v]), 0.6, 0.3, 0.5, x_next=x_next)
+        for v in ([1.0, 0.5], [1.2, 0.4])
+    )
+    assert (new_p.log_prob - old_p.log_prob).item() == pytest.approx(-0.060417 * 0.09, abs=1e-6)
+
+
+@pytest.mark.parametrize("reduction, d", [("sum", 1), ("mean", 3)])
+def test_gaussian_log_prob_gradient_by_hand(reduction, d):
+    """log N(x; μ, s²) = -(x-μ)²/(2s²) - log s - log(2π)/2 per dimension, so ∂/∂μ = (x-μ)/s²,
+    ∂/∂x = -(x-μ)/s², ∂/∂s = (x-μ)²/s³ - 1/s, each divided by D for "mean". With x - μ = 0.2,
+    s = 0.5: 0.8, -0.8 and 0.32 - 2 = -1.68 (per dimension, all D dimensions alike). The maths
+    runs in float32 by design, so a float64 gradcheck's finite differences do not apply: the
+    gradient is checked against this derivation instead."""
+    x = torch.full((1, d), 0.3, requires_grad=True)
+    mean = torch.full((1, d), 0.1, requires_grad=True)
+    std = torch.tensor([0.5], requires_grad=True)
+    gaussian_log_prob(x, mean, std, reduction).sum().backward()
+    per_dim = 1.0 / d if reduction == "mean" else 1.0
+    torch.testing.assert_close(mean.grad, torch.full((1, d), 0.8 * per_dim), atol=1e-6, rtol=0)
+    torch.testing.assert_close(x.grad, torch.full((1, d), -0.8 * per_dim), atol=1e-6, rtol=0)
+    assert std.grad.item() == pytest.approx(-1.68 * d * per_dim, abs=1e-5)
