@@ -13,7 +13,7 @@ chance. This measures, on the test prompts (ODE, 40 steps, the checkpoint's CFG)
   Chance: 50% (each object picking one of the two shapes on its own).
 
 An accuracy of 50% on the conditional rates means the skill is absent, whatever the overall
-score; docs/tuning.md, "Session 4".
+score; docs/experiments/what-rl-fixes.md.
 
     .venv/bin/python benchmarks/shapes_base_skills.py [--checkpoint PATH] [--n 200]
 

@@ -1,7 +1,7 @@
 """How much of the RL signal the rollout noise decides, and how noisy the policy gradient is.
 
 Measurements on the shipped Shapes base model (or the checkpoint ``--checkpoint``), CFG 3,
-T = 10, Flow-SDE (docs/tuning.md, "Why the accuracy reward learns slowly"):
+T = 10, Flow-SDE (docs/experiments/gradient-noise.md):
 
 ``attribution``: for prompts of the hard categories, 12 initial noises × 12 draws of the
 trained-step noise each; the share of the strict-reward variance that the trained-step noise

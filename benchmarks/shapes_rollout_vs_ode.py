@@ -2,7 +2,7 @@
 
 Scores the shipped Shapes base model on 96 training prompts (16 per category), 10 steps, the same
 noise seed, with the ODE and with Flow-SDE on different trained steps, at CFG 1 and 3
-(docs/tuning.md, "Diagnostic: rollouts vs evaluation").
+(docs/experiments/rollout-guidance.md; measured on shapes-base-v1).
 
     .venv/bin/python benchmarks/shapes_rollout_vs_ode.py
 """

@@ -15,7 +15,7 @@ other, and guesses otherwise. This counts the three cases:
 
     .venv/bin/python benchmarks/shapes_split_overlap.py
 
-docs/tuning.md (Sessions 4 and 5) compares the expected score with the base model's measured
+docs/experiments/base-model.md compares the expected score with the base models' measured
 rate (benchmarks/shapes_base_skills.py).
 """
 

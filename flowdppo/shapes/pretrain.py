@@ -8,8 +8,8 @@ resumed run sees exactly the data an uninterrupted run would.
 
 Optional prior term (``prior_batch`` > 0): at σ = 1 the input ε holds nothing of x0, so the
 minimiser of the loss there is ``v = ε - E[x0 | prompt]``: the model's layout prior. One sampled
-x0 is a very noisy target for it (docs/tuning.md, Session 6: on position prompts, knowing the
-relation word lowers the σ = 1 loss by 1.4%, so the base never learned it), and the mean of
+x0 is a very noisy target for it (docs/experiments/spatial-relation.md: on position prompts,
+knowing the relation word lowers the σ = 1 loss by 1.4%, so the base never learned it), and the mean of
 ``prior_scenes`` renders of the prompt is the same target with that many times less variance.
 The term ``||v_θ(ε, 1, prompt) - (ε - mean x0)||²`` on ``prior_batch`` prompts per step has the
 same minimiser as the flow-matching loss; it only lowers the variance of its gradient there.
@@ -81,7 +81,7 @@ class PretrainConfig:
     # batch. ["position"] spends the term where the prior depends on the prompt's word order.
     prior_categories: list[str] | None = None
     # Weight of the flow-matching loss; 0 trains on the prior term alone (a staged recipe: the
-    # σ = 1 layout prior first, docs/tuning.md, Session 7), skipping the main batch entirely.
+    # σ = 1 layout prior first, docs/experiments/spatial-relation.md), skipping the main batch.
     flow_weight: float = 1.0
     # Recommended sampling of the result, written into the checkpoint's metadata (chosen by
     # evaluating shift × CFG on the test prompts; see docs/shapes.md, "The base model").
@@ -92,7 +92,7 @@ class PretrainConfig:
     # gets wrong in one detail (prompts.miscaption: a count off by one, the opposite relation,
     # swapped colours, the same object twice), as web alt-text is wrong. The model then puts that
     # much of its mass on the wrong scene, an alternative it can draw, not a skill it lacks (what
-    # RL makes of such failures: docs/tuning.md, Session 11). 0 = clean.
+    # RL makes of such failures: docs/experiments/base-model.md). 0 = clean.
     caption_noise: float = 0.0
     # What a noisy caption gets wrong (prompts.NOISE_KINDS): "detail" (above) or "unmentioned"
     # (the image holds one object more than its caption names: alt-text under-describes).

@@ -17,7 +17,7 @@ and, for every prompt, ``exact``: the image holds exactly the described objects,
 GenEval has no ``exact`` atom ("a X" passes with several X); we add it because RL exploits
 its absence: a Flow-DPPO run on the dense reward learned to draw two or three copies of "a red
 circle" to raise its odds on the presence atoms, and counting accuracy fell from 60% to 18%
-while every other category rose (docs/tuning.md).
+while every other category rose (docs/experiments/reward-design.md).
 """
 
 from __future__ import annotations

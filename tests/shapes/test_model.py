@@ -40,8 +40,8 @@ def test_sincos_2d_encodes_row_then_column_in_row_major_order():
 def test_fresh_model_sees_positions_above_the_noise():
     """At σ = 1 an image token's patch features are noise. A fresh model's position table must
     separate the 16 cells by more than that noise separates tokens, and the text position table
-    must be on the scale of the word embeddings (the first base model had both at 0.02: its
-    encoder learned a bag of words, docs/tuning.md "Session 5")."""
+    must be on the scale of the word embeddings (shapes-base-v1 had both at 0.02: its encoder
+    learned a bag of words, docs/experiments/base-model.md, "Position tables")."""
     torch.manual_seed(0)
     model = ShapesFlowModel()
     pos = model.img_pos.detach()
