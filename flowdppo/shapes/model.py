@@ -45,8 +45,8 @@ class ShapesModelConfig:
     head_channels: int = 32
     # v = σ·x + head(...): the network adds only what is not the scaled input, so at σ = 1 (v =
     # ε − x0 = x − x0) it outputs −x0, the layout prior, instead of re-deriving the noise through
-    # its nonlinear head (docs/tuning.md, Session 6). On in the shipped base since Session 12
-    # (off in v2, the base before it).
+    # its nonlinear head (docs/experiments/base-model.md, "The velocity skip"). On in the shipped
+    # base, shapes-base-v3 (off in shapes-base-v2).
     velocity_skip: bool = False
 
     def to_dict(self) -> dict[str, int]:
@@ -96,9 +96,9 @@ class TextEncoder(nn.Module):
 
     The position table starts as sin-cos features (row norm 8) on the scale of the word
     embeddings (norm ≈ 11), so word order is visible from the first step. (A table initialised at 0.02 beside N(0, 1)
-    word embeddings, as in the first base model, leaves positions at 2% of the signal: that
+    word embeddings, as in shapes-base-v1, leaves positions at 2% of the signal: that
     encoder learned a bag of words, and colour binding stayed at chance, 33%, where the same
-    recipe with this table binds at 100%; docs/tuning.md, Session 5.)"""
+    recipe with this table binds at 100%; docs/experiments/base-model.md, "Position tables".)"""
 
     def __init__(self, cfg: ShapesModelConfig):
         super().__init__()
