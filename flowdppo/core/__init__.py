@@ -36,6 +36,7 @@ from .sde import (
     ode_step,
 )
 from .steps import select_train_steps
+from .trust_region import AdaptiveDelta
 
 __all__ = [
     "DEFAULT_CLIP_RANGE",
@@ -43,6 +44,7 @@ __all__ = [
     "LOSSES",
     "MAX_LOG_RATIO",
     "SAMPLERS",
+    "AdaptiveDelta",
     "LossInputs",
     "LossOutput",
     "RolloutOutput",
