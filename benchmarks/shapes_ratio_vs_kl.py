@@ -1,6 +1,6 @@
 """The paper's argument made visible: the ratio ρ - 1 against the exact per-step KL, per step.
 
-ALGORITHM.md §7: the ratio ρ = π_θ/π_old of one stored action is a one-sample estimate of the
+docs/algorithm.md §7: the ratio ρ = π_θ/π_old of one stored action is a one-sample estimate of the
 divergence between the two step policies; its mean sits below 1 and it is noisy. With both step
 policies Gaussian with the same std s (§2, §3), per latent dimension (D of them, the ``mean``
 reduction):

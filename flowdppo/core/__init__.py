@@ -1,4 +1,4 @@
-"""The algorithm core of Flow-DPPO: plain PyTorch, no model library (ALGORITHM.md §1–§5).
+"""The algorithm core of Flow-DPPO: plain PyTorch, no model library (docs/algorithm.md §1–§5).
 
 Schedules, per-step Gaussian policies of the samplers, exact divergences, the losses, GRPO
 advantages, trained-step selection and the one rollout loop over a velocity function.

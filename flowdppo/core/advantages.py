@@ -1,4 +1,4 @@
-"""GRPO-style advantages, no critic (ALGORITHM.md §5).
+"""GRPO-style advantages, no critic (docs/algorithm.md §5).
 
 Each prompt is sampled G times (a group). Statistics are over the *whole given batch*, which the
 caller gathers across processes first; ``sharded_group_advantages`` simulates that gather and
@@ -76,7 +76,7 @@ def group_advantages(
     aggregate: str = "sum",
     eps: float = 1e-8,
 ) -> Tensor:
-    """GRPO advantages of the gathered batch (ALGORITHM.md §5).
+    """GRPO advantages of the gathered batch (docs/algorithm.md §5).
 
     ``"sum"``: ``r = sum_j w_j r_j``, then ``A = (r - mean_group(r)) / (std + eps)``.
     ``"gdpo"``: each reward normalised in its group the same way, ``a = sum_j w_j A_j``, then

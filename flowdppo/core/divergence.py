@@ -1,4 +1,4 @@
-"""Exact divergences between two step policies that share their std (ALGORITHM.md §3).
+"""Exact divergences between two step policies that share their std (docs/algorithm.md §3).
 
 The old and new policies of one step are ``N(mean_p, s^2 I)`` and ``N(mean_q, s^2 I)`` with the
 same per-sample std ``s`` (it depends only on the schedule and the sampler, not on θ), so:
@@ -45,7 +45,7 @@ def _std(std: float | Tensor, diff: Tensor) -> Tensor:
 def gaussian_kl(
     mean_p: Tensor, mean_q: Tensor, std: float | Tensor, reduction: str = "mean"
 ) -> Tensor:
-    """KL between ``N(mean_p, s^2 I)`` and ``N(mean_q, s^2 I)`` (ALGORITHM.md §3).
+    """KL between ``N(mean_p, s^2 I)`` and ``N(mean_q, s^2 I)`` (docs/algorithm.md §3).
 
     ``KL = sum_d (mean_p - mean_q)^2 / (2 s^2)`` for ``"sum"``; ``"mean"`` divides by D.
     Symmetric in p and q because the stds are equal.
@@ -64,7 +64,7 @@ def gaussian_kl(
 
 
 def gaussian_tv(mean_p: Tensor, mean_q: Tensor, std: float | Tensor) -> Tensor:
-    """Total variation between ``N(mean_p, s^2 I)`` and ``N(mean_q, s^2 I)`` (ALGORITHM.md §3).
+    """Total variation between ``N(mean_p, s^2 I)`` and ``N(mean_q, s^2 I)`` (docs/algorithm.md §3).
 
     ``TV = 2 Phi(||mean_p - mean_q|| / (2 s)) - 1 = erf(||Δμ|| / (2 sqrt(2) s))``: the two
     Gaussians differ only along Δμ, where they are 1-D normals ``||Δμ||`` apart.

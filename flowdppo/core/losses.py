@@ -1,4 +1,4 @@
-"""Policy losses over (sample, trained step) terms (ALGORITHM.md §4).
+"""Policy losses over (sample, trained step) terms (docs/algorithm.md §4).
 
 Every loss takes one ``LossInputs`` (all tensors per (sample, step) term, batch dimensions first)
 and returns a ``LossOutput`` (scalar loss, metrics as python floats). ``ρ = exp(logp_θ -
@@ -158,7 +158,7 @@ def dppo_drop(div: Tensor, log_ratio: Tensor, adv: Tensor, delta: float) -> Tens
 def flow_dppo_loss(
     inp: LossInputs, *, delta: float, divergence: str = "kl", reduction: str = "mean"
 ) -> LossOutput:
-    """Flow-DPPO: the asymmetric divergence mask (ALGORITHM.md §4, the paper's method).
+    """Flow-DPPO: the asymmetric divergence mask (docs/algorithm.md §4, the paper's method).
 
     ``drop = (D >= delta) AND ((ρ > 1 AND A > 0) OR (ρ < 1 AND A < 0))`` with D the exact
     per-term divergence between π_old and π_θ (``divergence`` "kl" in the ``reduction`` unit, or
@@ -208,7 +208,7 @@ def _clipped_terms(
 
 
 def ratio_clip_loss(inp: LossInputs, *, clip_range: float, reduction: str = "mean") -> LossOutput:
-    """Flow-GRPO's PPO ratio clipping (ALGORITHM.md §4, baseline).
+    """Flow-GRPO's PPO ratio clipping (docs/algorithm.md §4, baseline).
 
     ``L = mean_terms max(-A ρ, -A clip(ρ, 1 - ε, 1 + ε))`` with ε = ``clip_range`` > 0 (a ratio
     offset; its meaning depends on the log-prob ``reduction``, peers: 1e-4 with "mean").
@@ -228,7 +228,7 @@ def ratio_clip_loss(inp: LossInputs, *, clip_range: float, reduction: str = "mea
 def grpo_guard_loss(
     inp: LossInputs, *, clip_range: float, reduction: str = "mean", scale: str = "term"
 ) -> LossOutput:
-    """GRPO-Guard: RatioNorm ratio + per-step loss re-weighting (ALGORITHM.md §4, baseline).
+    """GRPO-Guard: RatioNorm ratio + per-step loss re-weighting (docs/algorithm.md §4, baseline).
 
     ``ρ = exp((Δlogp + reduce_d(Δμ^2) / (2 c^2)) * c)`` with ``Δμ = μ_θ - μ_old`` (gradient flows
     through both Δlogp and Δμ), then ``L = mean[max(-A ρ, -A clip(ρ, 1 ± ε)) / |Δ|]``.

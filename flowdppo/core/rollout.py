@@ -1,4 +1,4 @@
-"""The one rollout loop over a velocity function (ALGORITHM.md §2, §3, §6 step 1).
+"""The one rollout loop over a velocity function (docs/algorithm.md §2, §3, §6 step 1).
 
 A model adapter only supplies ``velocity_fn(latents [B, ...], sigma [B]) -> v [B, ...]`` (prompt,
 guidance and dtype handling live in the closure); this module owns the denoising loop. Trained
@@ -158,7 +158,7 @@ def recompute_step(
 
     ``v = velocity_fn(x, sigma [B])``, then ``SAMPLERS[sampler](x, v, sigma, sigma_next, eta,
     x_next=x_next)``. With the rollout's parameters this reproduces the stored ``mean`` and
-    ``log_prob`` (the on-policy invariant of ALGORITHM.md §6).
+    ``log_prob`` (the on-policy invariant of docs/algorithm.md §6).
 
     Args:
         x, x_next: [B, ...] stored x_k and x_{k+1} (pairs may come from different steps).

@@ -1,4 +1,4 @@
-"""Sigma schedules of flow-matching samplers (ALGORITHM.md §1).
+"""Sigma schedules of flow-matching samplers (docs/algorithm.md §1).
 
 Convention: ``x_sigma = (1 - sigma) * x0 + sigma * eps``; sigma = 1 is pure noise, 0 is data. A
 schedule is a float32 tensor [T + 1], strictly decreasing from ~1 to exactly 0, where step ``i``
@@ -14,7 +14,7 @@ from torch import Tensor
 
 
 def shifted_sigmas(num_inference_steps: int, shift: float = 3.0) -> Tensor:
-    """The shifted linear schedule of SD3 (ALGORITHM.md §1).
+    """The shifted linear schedule of SD3 (docs/algorithm.md §1).
 
     ``t_i = 1 - i / T`` and ``sigma_i = s * t_i / (1 + (s - 1) * t_i)`` for i = 0..T, so
     ``sigma_0 = 1`` and ``sigma_T = 0`` exactly. ``shift`` s = 1 is the plain linear schedule;

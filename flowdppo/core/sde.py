@@ -1,4 +1,4 @@
-"""One denoising step of each sampler, as a Gaussian policy (ALGORITHM.md §2).
+"""One denoising step of each sampler, as a Gaussian policy (docs/algorithm.md §2).
 
 Every stochastic sampler draws ``x_next = mean + std * z`` with ``z ~ N(0, I)``, so the step
 policy is ``N(mean, std^2 I)`` with a per-sample scalar ``std``. Each kernel is a pure function of
@@ -173,7 +173,7 @@ def _flow_sde_moments(
     x: Tensor, v: Tensor, s: Tensor, s_next: Tensor, eta: float
 ) -> tuple[Tensor, Tensor]:
     # g = η sqrt(σ / (1 - σ)) is infinite at σ = 1; there (only) the denominator becomes
-    # 1 - σ_next, the peers' "use 1 - σ_1" rule (ALGORITHM.md §2).
+    # 1 - σ_next, the peers' "use 1 - σ_1" rule (docs/algorithm.md §2).
     denom = torch.where(s == 1.0, 1.0 - s_next, 1.0 - s)
     return _sde_moments(x, v, s, s_next, eta * torch.sqrt(s / denom))
 
@@ -211,7 +211,7 @@ def ode_step(
     x_next: Tensor | None = None,
     reduction: str = "mean",
 ) -> StepOutput:
-    """Euler step of the probability-flow ODE (ALGORITHM.md §1, §2).
+    """Euler step of the probability-flow ODE (docs/algorithm.md §1, §2).
 
     ``mean = x + v * Δ`` with ``Δ = sigma_next - sigma``; ``std = 0``. Deterministic: ``eta``,
     ``noise`` and ``generator`` are ignored (no random number is drawn), ``x_next = mean`` and
@@ -244,7 +244,7 @@ def flow_sde_step(
     x_next: Tensor | None = None,
     reduction: str = "mean",
 ) -> StepOutput:
-    """Flow-SDE step of Flow-GRPO (ALGORITHM.md §2, Flow-GRPO eq. for the reverse SDE).
+    """Flow-SDE step of Flow-GRPO (docs/algorithm.md §2, Flow-GRPO eq. for the reverse SDE).
 
     ``g = eta * sqrt(sigma / (1 - sigma))`` (at ``sigma == 1`` the denominator is
     ``1 - sigma_next``, the peers' 1 - σ_1 rule), ``Δ = sigma_next - sigma``,
@@ -289,7 +289,7 @@ def cps_step(
     x_next: Tensor | None = None,
     reduction: str = "mean",
 ) -> StepOutput:
-    """Coefficient-preserving sampling step (CPS, ALGORITHM.md §2), ``eta`` in [0, 1].
+    """Coefficient-preserving sampling step (CPS, docs/algorithm.md §2), ``eta`` in [0, 1].
 
     ``x0_hat = x - sigma v``, ``eps_hat = x + (1 - sigma) v``, ``std = sigma_next sin(eta pi/2)``,
     ``mean = (1 - sigma_next) x0_hat + sqrt(sigma_next^2 - std^2) eps_hat``. ``log_prob`` is the
@@ -315,7 +315,7 @@ def cps_peer_parity_step(
     """CPS with the peers' log-prob, for parity runs only: ``-reduce((x_next - mean)^2)``.
 
     The ``1/(2 std^2)`` factor and the normalising constant are dropped, so
-    ``exp(log_prob - log_prob_old)`` is *not* a likelihood ratio (ALGORITHM.md §2). Sampling,
+    ``exp(log_prob - log_prob_old)`` is *not* a likelihood ratio (docs/algorithm.md §2). Sampling,
     mean and std are those of ``cps_step``.
     """
     out = cps_step(

@@ -1,4 +1,4 @@
-"""Which denoising steps are stochastic and trained (ALGORITHM.md §2).
+"""Which denoising steps are stochastic and trained (docs/algorithm.md §2).
 
 A pool ``[floor(T f0), floor(T f1))`` of early (high-noise) steps; K of them are drawn per rollout
 batch (the same K for every sample of the batch), or K consecutive ones (a window). Every other

@@ -2,7 +2,7 @@
 
 A policy wraps one text-to-image flow-matching model (our Shapes model, a diffusers SD3/FLUX
 pipeline, ...). The rollout loop and the step maths live in ``flowdppo.core``; an adapter only
-answers these questions. Conventions (ALGORITHM.md §1): ``latents`` at noise level ``sigma``
+answers these questions. Conventions (docs/algorithm.md §1): ``latents`` at noise level ``sigma``
 satisfy ``x_sigma = (1 - sigma) * x0 + sigma * eps`` and the model predicts ``v = eps - x0``.
 """
 

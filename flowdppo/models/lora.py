@@ -2,7 +2,7 @@
 
 A thin layer over peft's ``inject_adapter_in_model``: the module keeps its own class and
 ``forward`` (no ``PeftModel`` wrapper), one adapter named ``"default"`` is injected, and
-everything but the LoRA weights is frozen. The reference policy of ALGORITHM.md §4 is the same
+everything but the LoRA weights is frozen. The reference policy of docs/algorithm.md §4 is the same
 module with the adapter disabled (``disabled_lora``), so no second copy of the network exists.
 
 Keys of ``lora_state_dict`` are the module's own parameter names

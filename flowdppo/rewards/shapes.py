@@ -1,4 +1,4 @@
-"""The Shapes world's exact rewards (SHAPES.md, "The reward"), registered by name.
+"""The Shapes world's exact rewards (docs/shapes.md, "Rewards"), registered by name.
 
 - ``shapes_geneval``: strict 0/1 (clean and every atom holds); details: ``clean``.
 - ``shapes_tifa``: clean × fraction of the prompt's atoms that hold (the dense training reward).

@@ -1,4 +1,4 @@
-"""GenEval-style evaluation of a policy on the Shapes test prompts (SHAPES.md, "The reward").
+"""GenEval-style evaluation of a policy on the Shapes test prompts (docs/shapes.md, "Rewards").
 
 ``n`` samples per category cycle through that category's test prompts in a fixed order; sample
 ``j`` starts from noise seeded by ``(seed, j)``, so every evaluation of every model sees the

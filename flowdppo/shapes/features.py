@@ -1,4 +1,4 @@
-"""The Shapes world's own feature network (SHAPES.md, "Quality, diversity and forgetting metrics").
+"""The Shapes world's own feature network (docs/shapes.md, "Fidelity and diversity").
 
 A small CNN trained on renderer images to name each cell's content: for each of the 16 cells,
 one of 16 classes (0 = empty, 1 + 3 * colour + shape otherwise), cross-entropy. Its 128-d

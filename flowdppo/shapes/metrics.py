@@ -1,4 +1,4 @@
-"""The world's fidelity and diversity metrics (SHAPES.md, "Quality, diversity and forgetting metrics").
+"""The world's fidelity and diversity metrics (docs/shapes.md, "Fidelity and diversity").
 
 Both live in the 128-d feature space of the project's own cell classifier
 (``flowdppo/shapes/features.py``), the Shapes analogue of Inception features for FID.

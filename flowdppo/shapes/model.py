@@ -1,6 +1,6 @@
 """The Shapes base model: a small text-conditioned flow-matching transformer in pixel space.
 
-Layout (SHAPES.md, "The base model"):
+Layout (docs/shapes.md, "The base model"):
 - a word-level text encoder of its own (2 transformer layers), prompt dropout → a null prompt;
 - a conv stem, then 8×8 patches → 16 image tokens, one per grid cell (objects are cell-local);
 - DiT blocks with joint self-attention over [text tokens; image tokens] and adaLN-Zero

@@ -1,4 +1,4 @@
-"""Parse Shapes images into objects, exactly (SHAPES.md, "The reward").
+"""Parse Shapes images into objects, exactly (docs/shapes.md, "The parser").
 
 Pipeline, batched over N images with one ``scipy.ndimage.label`` call per colour:
 1. Assign each pixel to the nearest of background + palette in RGB; a pixel farther than

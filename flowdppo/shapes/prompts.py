@@ -1,6 +1,6 @@
 """Shapes prompts: GenEval-style categories, a grammar, atoms, and the shipped train/test split.
 
-Each category isolates one skill (SHAPES.md, "The world"):
+Each category isolates one skill (docs/shapes.md, "The world"):
 
 | category      | template                                     | skill                         |
 |---------------|----------------------------------------------|-------------------------------|

@@ -1,4 +1,4 @@
-"""Vectorised renderer: scenes → 32×32 RGB images (SHAPES.md, "The world").
+"""Vectorised renderer: scenes → 32×32 RGB images (docs/shapes.md, "The world").
 
 Every image is assembled from precomputed 8×8 cell patches with one gather, so a batch of N
 scenes renders with a handful of numpy operations (tens of thousands of images per second).

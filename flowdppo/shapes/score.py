@@ -1,4 +1,4 @@
-"""Exact Shapes scores: atoms of a prompt checked on a parsed image (SHAPES.md, "The reward").
+"""Exact Shapes scores: atoms of a prompt checked on a parsed image (docs/shapes.md, "Rewards").
 
 - ``geneval`` (strict): 1 if the image is clean and every atom holds, else 0.
 - ``tifa`` (dense): clean × (fraction of atoms that hold; the last atom, ``exact``, is "exactly

@@ -1,4 +1,4 @@
-"""The Shapes world: palette, shapes, the 4×4 cell grid, and scenes (SHAPES.md, "The world").
+"""The Shapes world: palette, shapes, the 4×4 cell grid, and scenes (docs/shapes.md, "The world").
 
 A scene is a set of objects, one per occupied cell of a 4×4 grid of 8-px cells on a 32×32 image.
 An object is (shape, colour, size 5–7 px, offset inside its cell). Offsets satisfy

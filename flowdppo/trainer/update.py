@@ -1,6 +1,6 @@
 """The policy update of one iteration: N optimizer steps over (sample, trained step) pairs.
 
-ALGORITHM.md §6 step 4. The global set of valid pairs is shuffled with a permutation that is a
+docs/algorithm.md §6 step 4. The global set of valid pairs is shuffled with a permutation that is a
 function of (seed, iteration) only, then cut into N disjoint mini-batches; every process takes
 the pairs of each mini-batch whose sample it holds and splits them into micro-batches. Each
 micro-batch contributes ``loss_mean · n_micro / n_minibatch`` and gradients are summed over

@@ -48,7 +48,7 @@ def test_kl_matches_monte_carlo_estimate():
 
 
 def test_log_ratio_of_one_action_is_a_noisy_one_sample_kl_estimate():
-    """ALGORITHM.md §7, as benchmarks/shapes_ratio_vs_kl.py uses it: for x ~ N(μ_old, s²I) in D
+    """docs/algorithm.md §7, as benchmarks/shapes_ratio_vs_kl.py uses it: for x ~ N(μ_old, s²I) in D
     dimensions (the mean reduction), log ρ = log N(x; μ_θ) - log N(x; μ_old) has mean -KL and
     standard deviation sqrt(2·KL/D), KL = |Δμ|²/(2s²D); at an RL-sized KL the noise is ≫ KL."""
     from flowdppo.core.sde import gaussian_log_prob

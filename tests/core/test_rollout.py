@@ -62,7 +62,7 @@ def test_ten_steps_are_visibly_off_and_the_error_shrinks_with_steps(sampler):
 
 
 def test_cps_does_not_converge_to_the_data_distribution():
-    """ALGORITHM.md §2: CPS noise does not shrink with the step; at T = 200 std is still ~16 % low."""
+    """docs/algorithm.md §2: CPS noise does not shrink with the step; at T = 200 std is still ~16 % low."""
     _, std = _final_stats("cps", 200, 1.0)
     assert std / C - 1 < -0.10
 

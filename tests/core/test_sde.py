@@ -1,7 +1,7 @@
 """Step kernels of flowdppo.core.sde against formulas written out independently here.
 
 Each expected value is computed with plain python ``math`` on one sigma pair, from the table of
-ALGORITHM.md §2, not by calling the module's helpers.
+docs/algorithm.md §2, not by calling the module's helpers.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``flowdppo.trainer.experience``: per-sample noise makes a sample independent of how the
-batch is cut into forward passes; the stored tuple of ALGORITHM.md §3 and the reference means."""
+batch is cut into forward passes; the stored tuple of docs/algorithm.md §3 and the reference means."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The training loop of ``flowdppo.trainer.trainer`` on a tiny random Shapes model (CPU, float32).
 
 What a run must write (metrics per iteration, eval lines, grids, TensorBoard, checkpoints, a
-config that loads back), the on-policy invariant of ALGORITHM.md §6 for every sampler, which
+config that loads back), the on-policy invariant of docs/algorithm.md §6 for every sampler, which
 weights train (LoRA only; all of the flow network with the frozen reference untouched), and
 exact resumption: 2 + 2 iterations with a restart equal 4 uninterrupted ones, bit for bit.
 """
