@@ -1,7 +1,7 @@
 """The ``flowdppo`` command line. Every command is a thin call into the library.
 
 flowdppo train [CONFIG] [--set k=v ...] [--max-iters N] --out DIR [--resume]
-flowdppo resume DIR [--max-iters N]
+flowdppo resume DIR [--max-iters N] [--set k=v ...] [--allow-config-change]
 flowdppo eval --run DIR [--n N] [--steps S] [--cfg G] [--split test|train]
 flowdppo sample --run DIR --prompt P [--prompt P ...] [--n 4] --out grid.png
 flowdppo plot --run DIR [--run DIR ...] --out plot.png
@@ -9,12 +9,18 @@ flowdppo export --run DIR --out DIR
 flowdppo demo [--out DIR]
 flowdppo shapes pretrain|eval|render ...
 flowdppo reward-server --reward NAME --port P
+
+Exit codes (docs/reliability.md): 0 done; 1 the run failed at run time (a reward error,
+non-finite training, an unexpected exception); 2 a user error (arguments, config, input files,
+a run directory that cannot be used), one line without a traceback (``--debug`` shows it);
+128 + N stopped by signal N after saving a checkpoint (130 Ctrl-C, 143 SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,25 +28,86 @@ from flowdppo.config import ConfigError
 from flowdppo.config.schema import RunConfig
 
 
+class UserError(Exception):
+    """A bad argument or input: printed as one line, exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (argparse reports anything else, exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _start_over_note(out: Path, why: str) -> None:
+    """Clear what a run stopped before its first checkpoint left, and say so."""
+    from flowdppo.runs import clear_unsaved_run
+
+    gone = clear_unsaved_run(out)
+    if gone:
+        print(f"{out}: {why}; starting it over (removed: {', '.join(gone)})", file=sys.stderr)
+
+
+def _resume_config(a: argparse.Namespace, out: Path) -> RunConfig:
+    """The config of a resumed run: the saved one, or the given one (``CONFIG``, ``--set``) if
+    it equals the saved one up to ``RESUME_SAFE_KEYS``, or with ``--allow-config-change`` (the
+    change is appended to ``RUN/config_changes.jsonl``)."""
+    from flowdppo.config import load_config
+    from flowdppo.runs import RESUME_SAFE_KEYS, config_changes, run_config
+
+    saved = run_config(out)  # a clear error when --out is not a run directory
+    cfg = load_config(out / "config.yaml" if a.config is None else a.config, a.set)
+    if cfg.sampling.untrained_precision == "auto":  # what auto picked is saved: keep it
+        cfg.sampling.untrained_precision = saved.sampling.untrained_precision
+    changed = config_changes(saved, cfg)
+    unsafe = {k: v for k, v in changed.items() if k not in RESUME_SAFE_KEYS}
+    if unsafe and not a.allow_config_change:
+        shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in unsafe.items())
+        raise UserError(
+            f"resuming {out} with a changed config ({shown}) would not continue the same run; "
+            "pass --allow-config-change to go on anyway (recorded in config_changes.jsonl), or "
+            "start a new run with another --out"
+        )
+    if changed:
+        from flowdppo.trainer.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(out)
+        row = {
+            "iter": int(ckpt.name.split("_")[1]) if ckpt else 0,
+            "changes": {k: [old, new] for k, (old, new) in changed.items()},
+        }
+        with (out / "config_changes.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{out}: resuming with config changes {sorted(changed)}", file=sys.stderr)
+    return cfg
+
+
 def _train(a: argparse.Namespace) -> int:
     from flowdppo.config import load_config
-    from flowdppo.runs import run_config
-    from flowdppo.trainer.trainer import Trainer
+    from flowdppo.runs import RUN_FILES, has_checkpoint
+    from flowdppo.trainer.trainer import StopRequested, Trainer
 
-    if a.resume and a.config is None:
-        run_config(a.out)  # a clear error when --out is not a run directory
-        cfg = load_config(Path(a.out) / "config.yaml", a.set)  # --set applies on top of it
-    elif a.resume:
-        cfg = load_config(a.config, a.set)
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    if a.resume and has_checkpoint(out):
+        cfg = _resume_config(a, out)
+    elif a.resume:  # stopped before its first checkpoint: nothing to resume, start over
+        cfg = load_config(out / "config.yaml" if a.config is None else a.config, a.set)
+        _start_over_note(out, "the run saved no checkpoint before it stopped")
     else:
         cfg = load_config(a.config, a.set)
-        # Any trace of a run counts (not only a checkpoint): a fresh run would otherwise append
-        # its metric lines to the old run's metrics.jsonl.
-        if any((Path(a.out) / f).exists() for f in ("checkpoints", "metrics.jsonl", "config.yaml")):
-            raise SystemExit(
-                f"error: {a.out} already holds a run; use `flowdppo resume {a.out}` or another --out"
+        if has_checkpoint(out):
+            raise UserError(
+                f"{out} already holds a run; use `flowdppo resume {out}` or another --out"
             )
-    trainer = Trainer(cfg, a.out, resume=a.resume)
+        if any((out / f).exists() for f in (*RUN_FILES, "checkpoints")):
+            _start_over_note(out, "it holds a run stopped before its first checkpoint")
+    trainer = Trainer(cfg, out, resume=a.resume and has_checkpoint(out))
     if cfg.model.compile:
         print(
             "model.compile: the first iteration and the first evaluation also compile the "
@@ -49,17 +116,17 @@ def _train(a: argparse.Namespace) -> int:
         )
     try:
         trainer.train(a.max_iters)
-    except KeyboardInterrupt:
-        print(f"stopped; resume with: flowdppo resume {a.out}", file=sys.stderr)
-        return 130
+    except StopRequested as stop:
+        print(f"stopped; resume with: flowdppo resume {out}", file=sys.stderr)
+        return 128 + stop.signum
     print(
-        f"run saved in {a.out} (metrics.jsonl, samples/, checkpoints/); plot with: flowdppo plot --run {a.out}"
+        f"run saved in {out} (metrics.jsonl, samples/, checkpoints/); plot with: flowdppo plot --run {out}"
     )
     return 0
 
 
 def _resume(a: argparse.Namespace) -> int:
-    a.out, a.config, a.set, a.resume = a.run, None, [], True
+    a.out, a.config, a.resume = a.run, None, True
     return _train(a)
 
 
@@ -114,16 +181,16 @@ def _eval(a: argparse.Namespace) -> int:
     from flowdppo.trainer.build import build_run_rewards
     from flowdppo.trainer.evaluation import evaluate
 
-    if a.cfg is not None and a.cfg < 1.0:
-        raise SystemExit(f"flowdppo eval: --cfg must be >= 1.0 (1 = no guidance), got {a.cfg}")
+    if a.cfg is not None and not a.cfg >= 1.0:
+        raise UserError(f"flowdppo eval: --cfg must be >= 1.0 (1 = no guidance), got {a.cfg}")
     prompts = run_config(a.run).data.eval_prompts
     shapes = prompts.startswith("shapes:")
     if a.split != "test" and not shapes:  # checked before the model is loaded
-        raise SystemExit(
+        raise UserError(
             f"flowdppo eval: --split {a.split} is for Shapes runs; {Path(a.run) / 'config.yaml'} "
             f"evaluates data.eval_prompts={prompts!r}"
         )
-    policy, cfg, it = load_run_policy(a.run)
+    policy, cfg, it = load_run_policy(a.run, require_checkpoint=True)
     n, steps = a.n or cfg.eval.per_category, a.steps or cfg.eval.num_inference_steps
     g = cfg.eval_guidance_scale if a.cfg is None else a.cfg
     out = Path(a.run) / "eval" / _eval_dir_name(it, a.split, n, steps, g, cfg)
@@ -140,6 +207,11 @@ def _sample(a: argparse.Namespace) -> int:
     from flowdppo.shapes.evaluate import generate
     from flowdppo.viz import save_grid
 
+    empty = [i + 1 for i, p in enumerate(a.prompt) if not p.strip()]
+    if empty:
+        raise UserError(f"flowdppo sample: --prompt number {empty[0]} is empty")
+    if a.cfg is not None and not a.cfg >= 1.0:
+        raise UserError(f"flowdppo sample: --cfg must be >= 1.0 (1 = no guidance), got {a.cfg}")
     policy, cfg, _ = load_run_policy(a.run)
     prompts = [p for p in a.prompt for _ in range(a.n)]
     images = generate(
@@ -155,19 +227,25 @@ def _sample(a: argparse.Namespace) -> int:
 
 def _plot(a: argparse.Namespace) -> int:
     from flowdppo.plots import plot_runs
+    from flowdppo.trainer.logging import read_metrics
 
+    for run in a.run:
+        if not read_metrics(Path(run), "train"):
+            raise UserError(
+                f"{Path(run) / 'metrics.jsonl'} holds no training lines yet: nothing to plot"
+            )
     print(plot_runs(a.run, a.out))
     return 0
 
 
 def _export(a: argparse.Namespace) -> int:
-    from flowdppo.runs import load_run_policy
+    from flowdppo.runs import load_run_policy, run_config
 
-    policy, cfg, _ = load_run_policy(a.run, use_ema=a.ema)
-    if cfg.model.family == "shapes":
-        raise SystemExit(
-            "error: export writes diffusers formats; a Shapes run's weights are in its checkpoints/"
+    if run_config(a.run).model.family == "shapes":
+        raise UserError(
+            "export writes diffusers formats; a Shapes run's weights are in its checkpoints/"
         )
+    policy, cfg, _ = load_run_policy(a.run, use_ema=a.ema, require_checkpoint=True)
     from flowdppo.models.export import export_full, export_lora
 
     print((export_full if cfg.model.full_finetune else export_lora)(policy, a.out))
@@ -177,16 +255,24 @@ def _export(a: argparse.Namespace) -> int:
 def _demo(a: argparse.Namespace) -> int:
     from flowdppo.config import load_config
     from flowdppo.plots import plot_runs
-    from flowdppo.trainer.trainer import Trainer
+    from flowdppo.runs import RUN_FILES, has_checkpoint
+    from flowdppo.trainer.trainer import StopRequested, Trainer
 
     out = Path(a.out)
-    resume = (out / "checkpoints" / "latest").exists()
-    trainer = Trainer(load_config(None, a.set), out, resume=resume)
+    resume = has_checkpoint(out)
+    if resume:
+        a.config, a.allow_config_change = None, False
+        cfg = _resume_config(a, out)  # the saved config, or --set: a change is refused
+    else:
+        cfg = load_config(None, a.set)
+        if any((out / f).exists() for f in (*RUN_FILES, "checkpoints")):
+            _start_over_note(out, "it holds a run stopped before its first checkpoint")
+    trainer = Trainer(cfg, out, resume=resume)
     try:
         trainer.train()
-    except KeyboardInterrupt:  # as `train`: a clean stop, not a traceback
+    except StopRequested as stop:  # as `train`: a clean stop, not a traceback
         print(f"stopped; run `flowdppo demo --out {out}` again to resume", file=sys.stderr)
-        return 130
+        return 128 + stop.signum
     from flowdppo.trainer.logging import read_metrics
 
     for row in read_metrics(out, "eval"):  # held-out strict accuracy at each evaluation
@@ -252,7 +338,9 @@ def _shapes_eval(a: argparse.Namespace) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    policy = ShapesPolicy.from_pretrained(a.checkpoint)
+    if a.checkpoint is not None and not Path(a.checkpoint).is_file():
+        raise UserError(f"--checkpoint {a.checkpoint} is not a file")
+    policy = ShapesPolicy.from_pretrained(a.checkpoint)  # a ValueError naming a bad file
     cfg_scale = policy.default_guidance_scale if a.cfg is None else a.cfg
     _shapes_eval_policy(policy, Path(a.out), a.n, a.steps, cfg_scale, a.seed, a.split)
     return 0
@@ -278,7 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     from flowdppo.shapes.prompts import NOISE_KINDS
 
     p = argparse.ArgumentParser(
-        prog="flowdppo", description="Flow-DPPO: online RL for flow-matching generators"
+        prog="flowdppo",
+        description="Flow-DPPO: online RL for flow-matching generators",
+        epilog="exit codes: 0 done; 1 the run failed; 2 a user error (one line; --debug: the "
+        "traceback); 128+N stopped by signal N after saving (130 Ctrl-C, 143 SIGTERM)",
+    )
+    p.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (anywhere on the line)"
     )
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a policy (no config: Shapes + Flow-DPPO defaults)")
@@ -292,24 +386,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--max-iters",
-        type=int,
+        type=_positive_int,
         help="stop after this many iterations (default train.max_iters); the run's horizon, "
         "which the cosine lr decays over, stays train.max_iters, so a stopped run resumes "
         "exactly: to lengthen a run use --set train.max_iters=N",
     )
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest checkpoint (none: start it over)",
     )
+    allow = (
+        "resume even though CONFIG or --set changes the run's saved config (the change is "
+        "recorded in RUN/config_changes.jsonl; the run is then no longer one exact run)"
+    )
+    t.add_argument("--allow-config-change", action="store_true", help=allow)
     t.set_defaults(func=_train)
-    r = sub.add_parser("resume", help="continue a run from its latest checkpoint")
+    r = sub.add_parser(
+        "resume",
+        help="continue a run from its latest checkpoint (a run stopped before its first "
+        "checkpoint starts over)",
+    )
     r.add_argument("run")
-    r.add_argument("--max-iters", type=int)
+    r.add_argument("--max-iters", type=_positive_int, help="stop after this many iterations")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a key of the saved config (refused unless --allow-config-change, but for "
+        "train.save_every, train.sample_every, train.max_minutes)",
+    )
+    r.add_argument("--allow-config-change", action="store_true", help=allow)
     r.set_defaults(func=_resume)
     e = sub.add_parser("eval", help="evaluate a run's latest checkpoint (EMA if kept)")
     e.add_argument("--run", required=True)
-    e.add_argument("--n", type=int, help="samples per category (default eval.per_category)")
-    e.add_argument("--steps", type=int, help="ODE steps (default eval.num_inference_steps)")
+    e.add_argument(
+        "--n", type=_positive_int, help="samples per category (default eval.per_category)"
+    )
+    e.add_argument(
+        "--steps", type=_positive_int, help="ODE steps (default eval.num_inference_steps)"
+    )
     e.add_argument("--cfg", type=float, help="guidance scale (default: the run's evaluation CFG)")
     e.add_argument(
         "--split",
@@ -322,8 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample a run's policy into a PNG grid")
     s.add_argument("--run", required=True)
     s.add_argument("--prompt", action="append", required=True)
-    s.add_argument("--n", type=int, default=4, help="samples per prompt")
-    s.add_argument("--steps", type=int)
+    s.add_argument("--n", type=_positive_int, default=4, help="samples per prompt")
+    s.add_argument("--steps", type=_positive_int)
     s.add_argument("--cfg", type=float, help="guidance scale (default eval.guidance_scale)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
@@ -353,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp = sh.add_parser("pretrain", help="pretrain the Shapes base model (resumable)")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--steps", type=int, default=PretrainConfig.steps)
+    sp.add_argument("--steps", type=_positive_int, default=PretrainConfig.steps)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--lr", type=float, default=PretrainConfig.lr, help="peak learning rate")
@@ -428,11 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="GenEval-style table of a Shapes checkpoint (default: the shipped base)"
     )
     se.add_argument("--checkpoint", help="a Shapes .safetensors (default: the shipped base model)")
-    se.add_argument("--steps", type=int, default=40)
+    se.add_argument("--steps", type=_positive_int, default=40)
     se.add_argument(
         "--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)"
     )
-    se.add_argument("--n", type=int, default=100, help="samples per category")
+    se.add_argument("--n", type=_positive_int, default=100, help="samples per category")
     se.add_argument(
         "--split", choices=["test", "train"], default="test", help="which prompts to evaluate on"
     )
@@ -442,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.set_defaults(func=_shapes_eval)
     sr = sh.add_parser("render", help="render a prompt with the world's renderer")
     sr.add_argument("--prompt", required=True)
-    sr.add_argument("--n", type=int, default=4)
+    sr.add_argument("--n", type=_positive_int, default=4)
     sr.add_argument("--seed", type=int, default=0)
     sr.add_argument("--antialias", action="store_true")
     sr.add_argument("--out", required=True)
@@ -455,13 +573,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# User errors (exit 2): bad arguments, config, input files and directories. ConfigError and
+# UnicodeDecodeError are ValueErrors; OSError covers a path that is a folder, unreadable or full.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ConfigError, ValueError, OSError)
+
+
+def _run_errors() -> tuple[type[BaseException], ...]:
+    """Run-time failures (exit 1), reported in one line: a reward, non-finite training."""
+    from flowdppo.rewards.compute import RewardError
+    from flowdppo.trainer.update import NonFiniteError
+
+    return (RewardError, NonFiniteError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("FLOWDPPO_DEBUG", "") not in ("", "0")
+    args = build_parser().parse_args([x for x in argv if x != "--debug"])
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except SystemExit as stop:  # a command's own one-line refusal: a user error
+        if debug or not isinstance(stop.code, str):
+            raise
+        print(f"error: {stop.code}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: nothing saved
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        if isinstance(err, USER_ERRORS):
+            code = 2
+        elif isinstance(err, _run_errors()):
+            code = 1
+        else:
+            raise  # a bug: the traceback is what a report needs
+        print(f"error: {err}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Defaults are the Shapes + Flow-DPPO recipe of ``docs/tuning.md``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -275,7 +276,7 @@ class OptimConfig:
     lr_final_frac: float = _f(0.1, "cosine schedule: final lr as a fraction of lr")
 
     def validate(self) -> None:
-        _check(self.lr > 0, "optim.lr", self.lr, "a number > 0")
+        _check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", self.lr, "a finite number > 0")
         _check(
             0 <= self.lr_final_frac <= 1,
             "optim.lr_final_frac",
@@ -329,6 +330,21 @@ class EvalConfig:
 
     def validate(self) -> None:
         _check(self.kl_samples >= 0, "eval.kl_samples", self.kl_samples, "an int >= 0")
+        _check(self.every >= 0, "eval.every", self.every, "an int >= 0 (0 = only at the end)")
+        _check(
+            self.num_inference_steps >= 1,
+            "eval.num_inference_steps",
+            self.num_inference_steps,
+            "an int >= 1",
+        )
+        _check(self.per_category >= 1, "eval.per_category", self.per_category, "an int >= 1")
+        g = self.guidance_scale
+        _check(
+            g is None or (math.isfinite(g) and g >= 1.0),
+            "eval.guidance_scale",
+            g,
+            "null or a number >= 1 (1 = no guidance)",
+        )
 
 
 @dataclass
@@ -349,9 +365,31 @@ class TrainConfig:
         "iterations 1, 1 + N, 1 + 2N, ... only: a pass with the LoRA off over every trained step "
         "(0 = never); with loss.beta > 0 it runs every iteration (the penalty needs it)",
     )
+    max_skipped_updates: int = _f(
+        10,
+        "stop the run (saving a checkpoint of finite weights) when this many optimizer updates "
+        "were skipped for NaN/inf losses or gradients since the last iteration that skipped none "
+        "(fault/skipped_updates; 0 = never stop)",
+    )
 
     def validate(self) -> None:
         _check(self.kl_ref_every >= 0, "train.kl_ref_every", self.kl_ref_every, "an int >= 0")
+        _check(self.max_iters >= 1, "train.max_iters", self.max_iters, "an int >= 1")
+        _check(
+            math.isfinite(self.max_minutes) and self.max_minutes >= 0,
+            "train.max_minutes",
+            self.max_minutes,
+            "a number >= 0 (0 = no budget)",
+        )
+        _check(self.save_every >= 1, "train.save_every", self.save_every, "an int >= 1")
+        _check(self.threads >= 0, "train.threads", self.threads, "an int >= 0 (0 = torch default)")
+        _check(self.on_policy_tol >= 0, "train.on_policy_tol", self.on_policy_tol, "a number >= 0")
+        _check(
+            self.max_skipped_updates >= 0,
+            "train.max_skipped_updates",
+            self.max_skipped_updates,
+            "an int >= 0 (0 = never stop)",
+        )
 
 
 @dataclass

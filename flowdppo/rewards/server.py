@@ -185,12 +185,23 @@ def _resolve_token(args: argparse.Namespace) -> str | None:
     return args.token or os.environ.get(TOKEN_ENV) or None
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port number (argparse reports a bad one, exit code 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 1-65535, got {port}")
+    return port
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``reward-server`` options (shared by the CLI and ``python -m``)."""
     p.add_argument("--reward", required=True, help="registered reward name to serve")
     p.add_argument("--reward-kwargs", default="{}", help="JSON object of the reward's options")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8765, help="TCP port (default: 8765)")
+    p.add_argument("--port", type=_port, default=8765, help="TCP port 1-65535 (default: 8765)")
     p.add_argument("--token", default=None, help=f"shared secret (default: ${TOKEN_ENV})")
     p.add_argument("--token-file", default=None, help="read the shared secret from this file")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest request body")

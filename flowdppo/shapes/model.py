@@ -245,10 +245,16 @@ def load_checkpoint(path: str | Path) -> tuple[ShapesFlowModel, dict[str, str]]:
         raise FileNotFoundError(
             f"Shapes checkpoint {path} does not exist (train one with `flowdppo shapes pretrain`)"
         )
-    with safe_open(str(path), "pt") as f:
-        meta = dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+        state = load_file(str(path))
+    except Exception as err:  # safetensors' errors do not name the file
+        raise ValueError(
+            f"Shapes checkpoint {path} cannot be read (truncated, or not safetensors): {err}"
+        ) from err
     if "model" not in meta:
         raise ValueError(f"{path}: not a Shapes checkpoint (no 'model' config in its metadata)")
     model = ShapesFlowModel(ShapesModelConfig(**json.loads(meta["model"])))
-    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval(), meta

@@ -37,18 +37,35 @@ def load_prompts(source: str) -> tuple[list[str], list[dict[str, Any]]]:
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"prompt file {source} does not exist")
+    if not path.is_file():
+        raise ValueError(f"prompt file {source} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"prompt file {source} is not UTF-8 text (byte {err.start}: {err.reason})"
+        ) from None
     if path.suffix == ".jsonl":
         prompts, meta = [], []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if not isinstance(row, dict) or "prompt" not in row:
-                raise ValueError(f"{path}:{n}: expected a JSON object with a 'prompt' key")
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"{path}:{n}: not a JSON line ({err})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise ValueError(
+                    f"{path}:{n}: expected a JSON object with a 'prompt' key (a string)"
+                )
+            if not row["prompt"].strip():
+                raise ValueError(f"{path}:{n}: the prompt is empty")
             prompts.append(row.pop("prompt"))
             meta.append(row)
+        if not prompts:
+            raise ValueError(f"prompt file {source} holds no prompts")
         return prompts, meta
-    prompts = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    prompts = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not prompts:
         raise ValueError(f"prompt file {source} holds no prompts")
     return prompts, [{} for _ in prompts]

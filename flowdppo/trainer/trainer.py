@@ -31,7 +31,7 @@ from flowdppo.trainer.ema import EMA
 from flowdppo.trainer.evaluation import evaluate
 from flowdppo.trainer.experience import Experience, collect, kl_to_reference
 from flowdppo.trainer.logging import RunLogger
-from flowdppo.trainer.update import update_policy
+from flowdppo.trainer.update import NonFiniteError, update_policy
 
 
 def flat_group_fraction(total: torch.Tensor, valid: torch.Tensor, group_size: int) -> float:
@@ -91,9 +91,12 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
+        # A fresh run starts metrics.jsonl empty (-1: no line kept); a resumed one keeps the lines
+        # up to its checkpoint's iteration (the lines after it are about to be redone).
         self.logger = RunLogger(
-            self.run_dir, enabled=self.is_main, resume_iter=self.iteration if resume else None
+            self.run_dir, enabled=self.is_main, resume_iter=self.iteration if ckpt else -1
         )
+        self._skipped_in_a_row = 0  # updates skipped (non-finite) since an iteration skipped none
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
 
     @property
@@ -156,7 +159,7 @@ class Trainer:
             std_mode=a.std_mode,
             aggregate=a.aggregate,
         )
-        exp.advantages = adv[exp.sample_ids]
+        exp.advantages = adv[exp.sample_ids].to(self.policy.device)  # beside the log-probs
         self._valid = valid
         total_all = scores @ rb.weights
         total = total_all[valid]
@@ -245,6 +248,17 @@ class Trainer:
         self.acc.wait_for_everyone()
         self._saved_at = self.iteration
 
+    def _count_skipped(self, metrics: dict[str, float]) -> bool:
+        """Add this iteration's skipped updates to the count since the last iteration that skipped
+        none; True when it reaches train.max_skipped_updates."""
+        skipped = int(metrics.get("fault/skipped_updates", 0))
+        self._skipped_in_a_row = self._skipped_in_a_row + skipped if skipped else 0
+        return self._too_many_skipped()
+
+    def _too_many_skipped(self) -> bool:
+        n = self.cfg.train.max_skipped_updates
+        return n > 0 and self._skipped_in_a_row >= n
+
     def _stop_requested(self, local: bool) -> bool:
         """Whether any process was interrupted (all processes must leave the loop together)."""
         if self.acc.num_processes == 1:
@@ -254,10 +268,15 @@ class Trainer:
     def train(self, max_iters: int | None = None, progress: bool = True) -> None:
         """Run until ``max_iters`` iterations are done.
 
-        Ctrl-C (SIGINT) lets the current iteration finish, saves a checkpoint of it and raises
-        KeyboardInterrupt; a second Ctrl-C aborts at once without saving (the weights may then be
+        Ctrl-C (SIGINT) or SIGTERM (what schedulers and ``docker stop`` send) lets the current
+        iteration finish, saves a checkpoint of it and raises ``StopRequested`` (a
+        KeyboardInterrupt); a second signal aborts at once without saving (the weights may then be
         half-way through an iteration's updates, which no checkpoint may hold: its iteration
-        number says which rollouts come next, so it must be an iteration boundary).
+        number says which rollouts come next, so it must be an iteration boundary). After
+        ``train.max_skipped_updates`` optimizer updates skipped for non-finite values (counted
+        since the last iteration that skipped none),
+        it saves a checkpoint (its weights are the last finite ones) and raises
+        ``NonFiniteError``.
         """
         t = self.cfg.train
         end = max_iters if max_iters is not None else t.max_iters
@@ -270,15 +289,17 @@ class Trainer:
             disable=not (progress and self.is_main),
         )
         try:
-            with _deferred_sigint() as interrupted:
+            with _deferred_stop() as interrupted:
                 deadline = (
                     time.monotonic() + 60 * t.max_minutes if t.max_minutes > 0 else float("inf")
                 )
-                if self.iteration == 0 and e > 0:
-                    self.evaluate()
+                if self.iteration == 0 and e > 0 and not self.logger.has("eval", 0):
+                    self.evaluate()  # not again when resuming a checkpoint of iteration 0
                 kl_shown = "n/a"  # the last kl/ref_mean (measured every train.kl_ref_every)
-                while self.iteration < end and not self._stop_requested(interrupted()):
+                while self.iteration < end and not self._stop_requested(bool(interrupted())):
                     m = self.step()
+                    if self._count_skipped(m):
+                        break
                     if self._stop_requested(time.monotonic() >= deadline):  # budget spent: end here
                         end = self.iteration
                         bar.total = end
@@ -297,13 +318,24 @@ class Trainer:
                             )
                     if self.iteration % t.save_every == 0 or self.iteration == end:
                         self.save()
-            if self.iteration < end:  # interrupted at an iteration boundary
+                signum = interrupted() or signal.SIGINT  # other processes saw no signal
+            stuck = self._too_many_skipped()
+            if self.iteration < end or stuck:  # stopped at an iteration boundary
+                why = "non-finite updates" if stuck else "interrupted"
                 bar.write(
-                    f"interrupted: saving iteration {self.iteration} to {self.run_dir}/checkpoints ..."
+                    f"{why}: saving iteration {self.iteration} to {self.run_dir}/checkpoints ..."
                 )
                 if self._saved_at != self.iteration:
                     self.save()
-                raise KeyboardInterrupt
+                if stuck:
+                    raise NonFiniteError(
+                        f"{self._skipped_in_a_row} optimizer updates were skipped for non-finite "
+                        f"values since the last iteration that skipped none (train.max_skipped_updates="
+                        f"{self.cfg.train.max_skipped_updates}; warnings above name the kind); "
+                        f"the weights of iteration {self.iteration} are saved in "
+                        f"{self.run_dir}/checkpoints"
+                    )
+                raise StopRequested(signum)
         finally:
             bar.close()
             self.logger.close()
@@ -314,11 +346,24 @@ class Trainer:
                 self.acc.end_training()
 
 
+class StopRequested(KeyboardInterrupt):
+    """``Trainer.train`` stopped on a signal after saving; ``signum`` is the signal's number
+    (the command line exits with 128 + signum: 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextmanager
-def _deferred_sigint() -> Iterator[Callable[[], bool]]:
-    """Inside: the first SIGINT only sets a flag (read by the yielded function); a second raises."""
+def _deferred_stop() -> Iterator[Callable[[], int]]:
+    """Inside: the first SIGINT or SIGTERM only records its number (the yielded function returns
+    it; 0 before any); a second one raises KeyboardInterrupt at once."""
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+        yield lambda: 0
         return
     hits: list[int] = []
 
@@ -326,16 +371,19 @@ def _deferred_sigint() -> Iterator[Callable[[], bool]]:
         hits.append(signum)
         if len(hits) > 1:
             raise KeyboardInterrupt
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(
-            "\nCtrl-C: stopping after this iteration (press again to abort without saving)",
+            f"\n{name}: stopping after this iteration and saving it (send it again to abort "
+            "without saving)",
             file=sys.stderr,
         )
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
-        yield lambda: bool(hits)
+        yield lambda: hits[0] if hits else 0
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _reduce_extreme(acc, t: torch.Tensor, op: str) -> torch.Tensor:

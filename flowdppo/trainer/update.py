@@ -148,15 +148,36 @@ def _micro_loss(policy: Policy, exp: Experience, local: torch.Tensor, cfg: RunCo
     )
 
 
+class NonFiniteError(RuntimeError):
+    """Training met NaN/inf values it cannot skip (or too many in a row); the message says what."""
+
+
 def _sum_gradients(
-    params: list[torch.nn.Parameter], reduce: Callable[[torch.Tensor, str], torch.Tensor]
-) -> None:
+    params: list[torch.nn.Parameter],
+    reduce: Callable[[torch.Tensor, str], torch.Tensor],
+    faults: float = 0.0,
+) -> float:
     """Sum gradients over processes (each holds its share of the global mean) in one collective:
-    flattened into one buffer, not one all-reduce per parameter (hundreds for a big LoRA)."""
+    flattened into one buffer, not one all-reduce per parameter (hundreds for a big LoRA).
+    ``faults`` (this process's count of non-finite inputs) rides in the same buffer; returns
+    the sum over processes, so that every process decides alike whether to skip the step."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = reduce(torch.cat([g.reshape(-1) for g in grads]), "sum")  # [total numel]
-    for p, g in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+    flag = torch.tensor([faults], dtype=grads[0].dtype, device=grads[0].device)
+    flat = reduce(torch.cat([*(g.reshape(-1) for g in grads), flag]), "sum")  # [total numel + 1]
+    for p, g in zip(params, flat[:-1].split([g.numel() for g in grads]), strict=True):
         p.grad = g.view_as(p).to(p.dtype)
+    return float(flat[-1])
+
+
+def _check_weights(params: list[torch.nn.Parameter], iteration: int, lr: float) -> None:
+    """Refuse to go on with non-finite weights (the step's inputs were finite: the lr or the
+    optimizer's state overflowed); nothing after the last checkpoint is saved."""
+    if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise NonFiniteError(
+            f"iteration {iteration}: the optimizer step made the trainable weights non-finite "
+            f"(lr {lr:g}; its gradients were finite); the run stops, its last checkpoint is "
+            "the last good state"
+        )
 
 
 def update_policy(
@@ -178,6 +199,9 @@ def update_policy(
     k = exp.std.shape[1]
     lo = int(exp.sample_ids[0])
     acc, first = MetricAccumulator(), MetricAccumulator()
+    assert exp.advantages is not None
+    bad_adv = not bool(torch.isfinite(exp.advantages).all())  # rewards are checked on arrival
+    skipped = 0
     batches = [
         mb for mb in minibatches(num_samples, k, valid_global, cfg, iteration) if mb.numel() > 0
     ]
@@ -185,15 +209,18 @@ def update_policy(
         mine = mb[(mb // k >= lo) & (mb // k < lo + len(exp.prompts))] - lo * k  # local pair ids
         # A process may hold none of a mini-batch's pairs: it adds no term (the mean of an empty
         # micro-batch is NaN) but still joins the gradient sum below.
+        bad_loss = False
         for micro in torch.split(mine, cfg.optim.micro_batch_size) if mine.numel() else ():
             out = _micro_loss(policy, exp, micro, cfg)
+            bad_loss |= not bool(torch.isfinite(out.loss))
             (out.loss * (micro.numel() / mb.numel())).backward()
             acc.add(out.metrics, micro.numel())
             if u == 0:
                 first.add(out.metrics, micro.numel())
-        _sum_gradients(params, reduce)
+        faults = _sum_gradients(params, reduce, float(bad_adv) + float(bad_loss))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        finite = bool(torch.isfinite(grad_norm))  # identical on every process (reduced grads)
+        # identical on every process: summed gradients and fault counts
+        finite = faults == 0 and bool(torch.isfinite(grad_norm))
         acc.add(
             {
                 "train/grad_norm": float(grad_norm) if finite else 0.0,
@@ -203,16 +230,23 @@ def update_policy(
         )
         if finite:
             optimizer.step()
+            _check_weights(params, iteration, lr)
             after_step()
         else:
+            skipped += 1
+            what = (
+                "advantages" if bad_adv else "loss" if bad_loss else "loss or gradient norm"
+            )  # this process's view; another process may have seen the non-finite value
             warnings.warn(
-                f"iteration {iteration}: non-finite gradient norm; optimizer step skipped",
+                f"iteration {iteration}: non-finite {what}; optimizer step {u + 1} of "
+                f"{len(batches)} skipped (fault/skipped_updates)",
                 stacklevel=2,
             )
         optimizer.zero_grad(set_to_none=True)
     keys = all_keys(acc.keys())
     metrics = acc.result(reduce, keys)
     metrics["train/lr"] = lr
+    metrics["fault/skipped_updates"] = float(skipped)
     pre = first.result(reduce, keys)  # the first update runs before any optimizer step: on-policy
     metrics["check/onpolicy_kl_max"] = pre.get("kl/old_new_max", 0.0)
     metrics["check/onpolicy_ratio_err_max"] = max(

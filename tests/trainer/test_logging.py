@@ -39,3 +39,35 @@ def test_disabled_logger_writes_nothing(tmp_path) -> None:
     assert not (tmp_path / "metrics.jsonl").exists()
     with pytest.raises(FileNotFoundError, match="flowdppo run directory"):
         read_metrics(tmp_path)
+
+
+def test_one_line_per_kind_and_iteration_whatever_happens(tmp_path) -> None:
+    """A run started over (``resume_iter=-1``) starts empty; a (kind, iteration) logged again
+    replaces its line; ``has`` says what is there."""
+    log = RunLogger(tmp_path)
+    log.log("eval", 0, {"eval/x": 1.0})
+    log.log("train", 1, {"x": 1.0})
+    assert log.has("eval", 0) and not log.has("eval", 1)
+    log.log("eval", 0, {"eval/x": 2.0})
+    log.close()
+    rows = read_metrics(tmp_path)
+    assert [(r["kind"], r["iter"]) for r in rows] == [("train", 1), ("eval", 0)]
+    assert rows[1]["eval/x"] == 2.0
+    again = RunLogger(tmp_path, resume_iter=0)
+    assert again.has("eval", 0) and not again.has("train", 1)
+    again.close()
+    RunLogger(tmp_path, resume_iter=-1).close()
+    assert read_metrics(tmp_path) == []
+
+
+def test_a_line_cut_short_by_a_crash_is_dropped_and_a_broken_one_named(tmp_path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "iter": 1}\n{"kind": "train", "it')  # killed mid-write
+    assert [r["iter"] for r in read_metrics(tmp_path)] == [1]
+    log = RunLogger(tmp_path, resume_iter=1)
+    log.log("train", 2, {})
+    log.close()
+    assert [r["iter"] for r in read_metrics(tmp_path)] == [1, 2]
+    path.write_text('{"kind": "train", "iter": 1}\nnot json\n{"kind": "train", "iter": 2}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a JSON metric line"):
+        read_metrics(tmp_path)
