@@ -573,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="JSON path (default: $OUT/gpu_throughput.json)")
     ap.add_argument("--tiny", action="store_true", help="tiny configs, any device (CPU smoke run)")
     ap.add_argument(
+        "--no-cudnn-attention",
+        action="store_true",
+        help="disable cuDNN's scaled-dot-product attention (its FLUX backward failed on an H200)",
+    )
+    ap.add_argument(
         "--dtype",
         choices=("bfloat16", "float32"),
         default=None,
@@ -589,6 +594,11 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: skipped (use --tiny for a CPU smoke run)", flush=True)
         return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if a.no_cudnn_attention and device.type == "cuda":
+        # cuDNN's fused attention backward failed on FLUX.1's joint attention (4,608 tokens,
+        # bf16) on an H200 with torch 2.11 ("mha_graph.execute ... is_good()", then an illegal
+        # memory access); the flash / memory-efficient kernels take over.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if a.dtype:
         DTYPE["weights"] = getattr(torch, a.dtype)
     _quiet_diffusers()

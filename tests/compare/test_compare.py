@@ -198,7 +198,7 @@ def test_report_only_rebuilds_the_report_without_training(grid):
 
 
 def test_a_changed_spec_is_refused_naming_what_changed_unless_allowed(grid, ckpt, tmp_path):
-    spec, out = grid
+    _spec, out = grid
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     changed = _write_spec(
