@@ -7,6 +7,7 @@ flowdppo compare --report-only DIR
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -42,6 +43,9 @@ def run_from_args(a: argparse.Namespace) -> int:
         if not spec_path.exists():
             raise SpecError(f"--report-only {out}: no spec.yaml there (is it a compare directory?)")
         spec = load_spec(spec_path)
+        grid = out / "grid.json"
+        if grid.exists():  # the copy is spec.yaml; the grid was named after the spec's file
+            spec.name = Path(json.loads(grid.read_text())["spec"]).stem
         command = f"flowdppo compare --report-only {out}"
     else:
         if not a.spec or not a.out:

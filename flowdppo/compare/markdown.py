@@ -18,34 +18,39 @@ def _num(v: Any) -> str:
     return f"{v:.3f}" if a < 10 else f"{v:.1f}"
 
 
-def _cellval(d: dict[str, Any]) -> str:
+def _cellval(d: dict[str, Any], seeds: int) -> str:
+    """mean ± std; with "(k/n)" when only k of the n seeds have a value (e.g. a reward reached)."""
     if d["n"] == 0:
-        return "–"
+        return f"– (0/{seeds})"
     s = _num(d["mean"])
     if d["n"] > 1:
         s += f" ± {_num(d['std'])}"
-    return s
+    return s + (f" ({d['n']}/{seeds})" if d["n"] < seeds else "")
 
 
 def write_markdown(spec: Spec, summary: dict[str, Any], out: Path) -> Path:
     rep, cells = spec.report, summary["cells"]
-    env = summary["environment"]
     inv = summary.get("invocations") or []
-    threads = sorted({(i["jobs"], i["threads"]) for i in inv})
+    ran = []
+    for i in inv:
+        where = i.get("gpu") or i.get("cpu", "?")
+        cmd = " ".join(i["argv"]) if i.get("argv") else "flowdppo compare"
+        ran.append(
+            f"`{cmd}` on {i['time'][:10]}: {where}, torch {i.get('torch', '?')}, "
+            f"{i['jobs']} runs at a time × {i['threads']} threads"
+        )
+    precision = ", ".join(summary["environment"]["untrained_precision"])
     lines = [
         f"# {spec.name}",
         "",
         f"**Question.** {spec.question}" if spec.question else "",
         "",
-        f"Produced by `{summary['command'] or 'flowdppo compare ' + str(spec.path)}` "
-        f"(spec digest `{summary['spec_digest']}`), seeds {spec.seeds}. "
-        f"torch {env['torch']}, {env['cpu']}, Python {env['python']}; "
-        + (
-            "jobs × threads per run: " + ", ".join(f"{j} × {t}" for j, t in threads) + "; "
-            if threads
-            else ""
-        )
-        + f"rollout precision of the untrained steps: {', '.join(env['untrained_precision'])}.",
+        f"Spec `{spec.path.name}` (digest `{summary['spec_digest']}`), seeds {spec.seeds}, rollout "
+        f"precision of the untrained steps: {precision}. The runs were made by:",
+        "",
+        *(f"- {r}" for r in ran or ["(no invocation recorded)"]),
+        "",
+        f"This page was written by `{summary['command']}`.",
         "",
     ]
     if not summary["complete"]:
@@ -104,7 +109,7 @@ def write_markdown(spec: Spec, summary: dict[str, Any], out: Path) -> Path:
         for cell, row in cells.items():
             lines.append(
                 f"| {cell} | {len(row['seeds'])} | {min(row['iters_done'])} | "
-                + " | ".join(_cellval(row[k]) for k in chunk)
+                + " | ".join(_cellval(row[k], len(row["seeds"])) for k in chunk)
                 + " |"
             )
         lines.append("")

@@ -356,9 +356,11 @@ def environment(spec: Spec) -> dict[str, Any]:
     except OSError:
         pass
     precisions = sorted({r.config.sampling.untrained_precision for r in spec.runs})
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "torch": torch.__version__,
         "cpu": cpu,
+        "gpu": gpu,
         "python": platform.python_version(),
         "untrained_precision": precisions,
     }

@@ -126,7 +126,14 @@ def run_grid(
     from flowdppo.compare.report import environment
 
     with (out / "invocations.jsonl").open("a") as f:
-        row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": jobs, "threads": threads}
+        row = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "jobs": jobs,
+            "threads": threads,
+            "argv": ["flowdppo", *sys.argv[1:]]
+            if sys.argv[0].endswith(("flowdppo", "cli.py"))
+            else sys.argv,
+        }
         f.write(json.dumps({**row, **environment(spec)}) + "\n")
     todo = [r for r in spec.runs if not is_done(out, r)]
     if max_runs is not None:
