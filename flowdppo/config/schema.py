@@ -202,12 +202,55 @@ class LossConfig:
     )
     beta: float = _f(0.0, "weight β of the exact KL(π_θ ‖ π_ref) penalty")
     adv_clip: float | None = _f(5.0, "clip |A| to this (None: off)")
+    delta_schedule: str = _f(
+        "fixed",
+        "fixed | adaptive: flow_dppo's δ starts at loss.delta and moves each iteration by the band "
+        "rule of flowdppo.core.AdaptiveDelta (halved when the measured KL is above 1.5× its "
+        "target, doubled below target/1.5) toward loss.target_step_kl or loss.target_base_kl "
+        "(docs/algorithm.md §4)",
+        choices=("fixed", "adaptive"),
+    )
+    target_step_kl: float | None = _f(
+        None,
+        "adaptive δ: the KL(π_old ‖ π_new) per iteration to hold, as kl/old_new_mean measures "
+        "it (the loss.reduction unit)",
+    )
+    target_base_kl: float | None = _f(
+        None,
+        "adaptive δ: the KL to the base model (kl/ref_mean) allowed after train.max_iters "
+        "iterations, spread linearly over them (the rollout's reference pass then runs every "
+        "iteration)",
+    )
 
     def validate(self) -> None:
         from flowdppo.core import LOSSES
 
         _check(self.name in LOSSES, "loss.name", self.name, f"one of {sorted(LOSSES)}")
         _check(self.delta > 0, "loss.delta", self.delta, "a number > 0")
+        targets = [t for t in (self.target_step_kl, self.target_base_kl) if t is not None]
+        for key in ("target_step_kl", "target_base_kl"):
+            v = getattr(self, key)
+            _check(v is None or v > 0, f"loss.{key}", v, "null or a number > 0")
+        if self.delta_schedule == "adaptive":
+            _check(
+                self.name == "flow_dppo",
+                "loss.delta_schedule",
+                self.delta_schedule,
+                "fixed unless loss.name is flow_dppo (only its mask has a δ)",
+            )
+            _check(
+                len(targets) == 1,
+                "loss.delta_schedule",
+                self.delta_schedule,
+                "exactly one of loss.target_step_kl and loss.target_base_kl with adaptive",
+            )
+        else:
+            _check(
+                not targets,
+                "loss.target_step_kl / loss.target_base_kl",
+                targets,
+                "null with loss.delta_schedule: fixed (set adaptive to use a target)",
+            )
         if self.clip_range is None:  # resolved here, once, so the saved config names it
             from flowdppo.core import DEFAULT_CLIP_RANGE
 
@@ -415,8 +458,9 @@ class RunConfig:
 
     def reference_pass(self, iteration: int) -> bool:
         """Whether the rollout of 0-based ``iteration`` computes the reference means μ_ref: always
-        with ``loss.beta > 0``, else every ``train.kl_ref_every`` iterations from the first."""
-        if self.loss.beta > 0:
+        with ``loss.beta > 0`` or a ``loss.target_base_kl`` (both need it), else every
+        ``train.kl_ref_every`` iterations from the first."""
+        if self.loss.beta > 0 or self.loss.target_base_kl is not None:
             return True
         n = self.train.kl_ref_every
         return n > 0 and iteration % n == 0

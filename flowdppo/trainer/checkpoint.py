@@ -100,8 +100,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     ema: Any,
     keep: int = 2,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint of the state *after* ``iteration`` iterations (atomically)."""
+    """Write the checkpoint of the state *after* ``iteration`` iterations (atomically).
+    ``extra``: more JSON state of the trainer (e.g. the adaptive δ), kept in ``state.json``."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"iter_{iteration:06d}"
@@ -117,7 +119,7 @@ def save_checkpoint(
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta))
         save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"iteration": iteration}))
+        (tmp / "state.json").write_text(json.dumps({**(extra or {}), "iteration": iteration}))
         files = sorted(p for p in tmp.iterdir())
         manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
         (tmp / MANIFEST).write_text(json.dumps({"format": 2, "files": manifest}, indent=1))
@@ -229,3 +231,8 @@ def load_checkpoint(path: Path, policy: Any, optimizer: torch.optim.Optimizer, e
         ema.load_state_dict(_load_tensors(files["ema.safetensors"]))
     torch.set_rng_state(rng["torch"])
     return int(json.loads(files["state.json"].read_text())["iteration"])
+
+
+def checkpoint_state(path: Path) -> dict[str, Any]:
+    """The checkpoint's ``state.json``: its iteration and any ``extra`` state saved with it."""
+    return dict(json.loads(_checked(path, "state.json").read_text()))

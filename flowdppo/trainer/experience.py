@@ -1,6 +1,6 @@
 """Collect one iteration's experience: rollouts on the selected steps, rewards, reference KL.
 
-ALGORITHM.md §6 step 1–2. Sample ``j`` of the global batch (prompt ``j // G``) draws its initial
+docs/algorithm.md §6 steps 1–2. Sample ``j`` of the global batch (prompt ``j // G``) draws its initial
 noise and its trained-step noise from its own generator seeded by ``(seed, iteration, j)``, so
 a sample is the same whichever process or forward pass produces it (with
 ``sampling.shared_initial_noise`` the initial noise is drawn per prompt, from ``(seed, iteration,

@@ -22,10 +22,15 @@ import torch
 from tqdm import tqdm
 
 from flowdppo.config import RunConfig, dump_config
-from flowdppo.core import group_advantages, select_train_steps
+from flowdppo.core import AdaptiveDelta, group_advantages, select_train_steps
 from flowdppo.rewards.compute import RewardError
 from flowdppo.trainer.build import build_policy, build_run_rewards, resolve_untrained_precision
-from flowdppo.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from flowdppo.trainer.checkpoint import (
+    checkpoint_state,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from flowdppo.trainer.data import balance_by, load_prompts, prompt_indices
 from flowdppo.trainer.ema import EMA
 from flowdppo.trainer.evaluation import evaluate
@@ -82,9 +87,17 @@ class Trainer:
         ckpt = latest_checkpoint(self.run_dir) if resume else None
         if resume and ckpt is None:
             raise FileNotFoundError(f"--resume: {self.run_dir} has no checkpoint to resume from")
+        lc = cfg.loss
+        self.trust = (
+            AdaptiveDelta(delta=lc.delta, target=lc.target_step_kl or lc.target_base_kl or 1.0)
+            if lc.delta_schedule == "adaptive"
+            else None
+        )
         if ckpt is not None:
             self.iteration = load_checkpoint(ckpt, self.policy, self.optimizer, self.ema)
             self._saved_at = self.iteration
+            if self.trust is not None and "trust" in (state := checkpoint_state(ckpt)):
+                self.trust.load_state_dict(state["trust"])
         note = resolve_untrained_precision(cfg, self.acc.device)  # auto → full | reduced, saved
         if note and self.is_main:
             print(note, file=sys.stderr)
@@ -191,6 +204,7 @@ class Trainer:
             self._valid,
             self._reduce,
             after,
+            delta=None if self.trust is None else self.trust.delta,
         )
 
     def step(self) -> dict[str, float]:
@@ -206,6 +220,8 @@ class Trainer:
         metrics["time/train_s"] = time.perf_counter() - t1
         if kl_ref is not None:  # the same iterations on every process (RunConfig.reference_pass)
             metrics.update(self._kl_metrics(kl_ref))
+        if self.trust is not None:
+            metrics.update(self._adapt_delta(metrics, it))
         metrics["time/iter_s"] = time.perf_counter() - t0
         if not metrics["check/onpolicy_kl_max"] <= self.cfg.train.on_policy_tol:  # NaN fails too
             warnings.warn(
@@ -217,6 +233,21 @@ class Trainer:
         self.iteration = it + 1
         self.logger.log("train", self.iteration, metrics)
         return metrics
+
+    def _adapt_delta(self, metrics: dict[str, float], it: int) -> dict[str, float]:
+        """Move the adaptive δ by this iteration's measured KL (docs/algorithm.md §4): the
+        old-to-new KL against ``loss.target_step_kl``, or the rollout's KL to the base against
+        ``loss.target_base_kl`` spread linearly over ``train.max_iters``."""
+        assert self.trust is not None
+        lc = self.cfg.loss
+        if lc.target_base_kl is not None:
+            measured = metrics["kl/ref_mean"]
+            target = lc.target_base_kl * (it + 1) / self.cfg.train.max_iters
+        else:
+            measured, target = metrics["kl/old_new_mean"], self.trust.target
+        used = self.trust.delta
+        self.trust.update(measured, target)
+        return {"trust/delta": used, "trust/measured_kl": measured, "trust/target_kl": target}
 
     def _kl_metrics(self, kl_ref: torch.Tensor) -> dict[str, float]:
         """kl/ref_mean and kl/ref_max over all processes' [B, K] terms."""
@@ -244,7 +275,10 @@ class Trainer:
 
     def save(self) -> None:
         if self.is_main:
-            save_checkpoint(self.run_dir, self.iteration, self.policy, self.optimizer, self.ema)
+            extra = None if self.trust is None else {"trust": self.trust.state_dict()}
+            save_checkpoint(
+                self.run_dir, self.iteration, self.policy, self.optimizer, self.ema, extra=extra
+            )
         self.acc.wait_for_everyone()
         self._saved_at = self.iteration
 

@@ -113,7 +113,13 @@ def minibatches(
     return list(torch.tensor_split(pairs, cfg.optim.updates_per_iter))
 
 
-def _micro_loss(policy: Policy, exp: Experience, local: torch.Tensor, cfg: RunConfig):
+def _micro_loss(
+    policy: Policy,
+    exp: Experience,
+    local: torch.Tensor,
+    cfg: RunConfig,
+    delta: float | None = None,
+):
     """Loss output of one micro-batch of local pair ids (sample_local * K + step)."""
     k = exp.std.shape[1]
     i, s = local // k, local % k
@@ -143,8 +149,11 @@ def _micro_loss(policy: Policy, exp: Experience, local: torch.Tensor, cfg: RunCo
         mean_ref=None if exp.mean_ref is None else exp.mean_ref[i, s],  # only β > 0 needs it
         step_size=(exp.sigma[s] - exp.sigma_next[s]),
     )
+    hparams = cfg.loss.hparams()
+    if delta is not None:  # the adaptive δ of this iteration (loss.delta_schedule: adaptive)
+        hparams["delta"] = delta
     return compute_loss(
-        cfg.loss.name, inp, beta=cfg.loss.beta, adv_clip=cfg.loss.adv_clip, **cfg.loss.hparams()
+        cfg.loss.name, inp, beta=cfg.loss.beta, adv_clip=cfg.loss.adv_clip, **hparams
     )
 
 
@@ -190,8 +199,10 @@ def update_policy(
     valid_global: torch.Tensor,
     reduce: Callable[[torch.Tensor, str], torch.Tensor],
     after_step: Callable[[], None] = lambda: None,
+    delta: float | None = None,
 ) -> dict[str, float]:
-    """Run the N updates; returns metrics averaged over all terms of all processes."""
+    """Run the N updates; returns metrics averaged over all terms of all processes.
+    ``delta`` replaces ``loss.delta`` for this iteration (the adaptive δ)."""
     params = list(policy.trainable_parameters())
     lr = learning_rate(cfg, iteration)
     for group in optimizer.param_groups:
@@ -211,7 +222,7 @@ def update_policy(
         # micro-batch is NaN) but still joins the gradient sum below.
         bad_loss = False
         for micro in torch.split(mine, cfg.optim.micro_batch_size) if mine.numel() else ():
-            out = _micro_loss(policy, exp, micro, cfg)
+            out = _micro_loss(policy, exp, micro, cfg, delta)
             bad_loss |= not bool(torch.isfinite(out.loss))
             (out.loss * (micro.numel() / mb.numel())).backward()
             acc.add(out.metrics, micro.numel())

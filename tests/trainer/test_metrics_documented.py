@@ -15,7 +15,7 @@ from .tiny import read_lines, tiny_config
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 VARIANTS = [
-    ["loss.name=flow_dppo"],
+    ["loss.name=flow_dppo", "loss.delta_schedule=adaptive", "loss.target_step_kl=1e-7"],
     ["loss.name=flow_dppo", "loss.divergence=tv", "loss.beta=1e-3"],
     ["loss.name=ratio_clip"],
     [
