@@ -225,9 +225,41 @@ def _sample(a: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_ratio(a: argparse.Namespace) -> int:
+    """``plot --diagnostic ratio``: |ρ − 1| against the exact KL of each run's sampled terms."""
+    from flowdppo.core import DEFAULT_CLIP_RANGE
+    from flowdppo.diagnostics import by_step, plot_ratio, read_terms
+    from flowdppo.runs import run_config
+
+    cfg = run_config(a.run[0])
+    delta = a.delta if a.delta is not None else cfg.loss.delta
+    eps = a.clip_range or cfg.loss.clip_range or DEFAULT_CLIP_RANGE["ratio_clip"]
+    for name, value in (("--delta", delta), ("--clip-range", eps)):
+        if not value > 0:
+            raise UserError(f"flowdppo plot: {name} must be > 0, got {value}")
+    groups = {Path(r).name: read_terms(r) for r in a.run}
+    out = Path(a.out if a.out != "curves.png" else "ratio_kl.png")
+    print(plot_ratio(groups, out, delta, eps))
+    for name, terms in groups.items():
+        print(f"{name} (δ = {delta:g}, ε = {eps:g}):")
+        print(
+            "| step | terms | mean KL | mean abs(ρ−1) | corr | clip | mask | clip only | mask only |"
+        )
+        for r in by_step(terms, delta, eps):
+            print(
+                f"| {r['step']} | {r['terms']} | {r['kl_mean']:.2e} | "
+                f"{r['abs_rho_minus_1_mean']:.2e} | {r['corr']:.2f} | {r['clip_frac']:.3f} | "
+                f"{r['mask_frac']:.3f} | {r['clip_only_frac']:.3f} | {r['mask_only_frac']:.3f} |"
+            )
+    return 0
+
+
 def _plot(a: argparse.Namespace) -> int:
     from flowdppo.plots import plot_runs
     from flowdppo.trainer.logging import read_metrics
+
+    if a.diagnostic == "ratio":
+        return _plot_ratio(a)
 
     for run in a.run:
         if not read_metrics(Path(run), "train"):
@@ -449,6 +481,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="reward / KL-to-base / reward-vs-KL curves of runs")
     pl.add_argument("--run", action="append", required=True)
     pl.add_argument("--out", default="curves.png")
+    pl.add_argument(
+        "--diagnostic",
+        choices=("ratio",),
+        help="ratio: |ρ − 1| against the exact per-step KL of the runs' sampled terms "
+        "(train.diagnostic_terms), with how often the clip and the mask disagree",
+    )
+    pl.add_argument("--delta", type=float, help="mask δ for --diagnostic (default: the run's)")
+    pl.add_argument(
+        "--clip-range", type=float, help="clip ε for --diagnostic (default: the run's, else 1e-4)"
+    )
     pl.set_defaults(func=_plot)
     x = sub.add_parser(
         "export", help="export a diffusers run's LoRA (or full transformer) for diffusers"

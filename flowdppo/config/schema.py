@@ -402,6 +402,12 @@ class TrainConfig:
     sample_every: int = _f(10, "write a sample grid every this many iterations")
     threads: int = _f(0, "torch CPU threads (0 = torch default)")
     on_policy_tol: float = _f(1e-6, "warn when the on-policy KL exceeds this (reduction unit)")
+    diagnostic_terms: int = _f(
+        32,
+        "(sample, step) terms per iteration whose log ρ, exact old-to-new KL, advantage and step "
+        "are written to RUN/diagnostics/ratio_kl.jsonl (0 = off): the ratio-vs-divergence "
+        "picture of `flowdppo plot --diagnostic ratio`",
+    )
     kl_ref_every: int = _f(
         10,
         "with loss.beta = 0, compute the rollout's KL to the base (kl/ref_mean, kl/ref_max) on "
@@ -417,6 +423,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check(self.kl_ref_every >= 0, "train.kl_ref_every", self.kl_ref_every, "an int >= 0")
+        _check(
+            self.diagnostic_terms >= 0,
+            "train.diagnostic_terms",
+            self.diagnostic_terms,
+            "an int >= 0",
+        )
         _check(self.max_iters >= 1, "train.max_iters", self.max_iters, "an int >= 1")
         _check(
             math.isfinite(self.max_minutes) and self.max_minutes >= 0,

@@ -8,6 +8,7 @@ processes after each mini-batch (see ``flowdppo.trainer.update``).
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -109,6 +110,7 @@ class Trainer:
         self.logger = RunLogger(
             self.run_dir, enabled=self.is_main, resume_iter=self.iteration if ckpt else -1
         )
+        self._diagnostics: list[dict[str, float]] | None = None  # set per iteration by step()
         self._skipped_in_a_row = 0  # updates skipped (non-finite) since an iteration skipped none
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
 
@@ -205,6 +207,7 @@ class Trainer:
             self._reduce,
             after,
             delta=None if self.trust is None else self.trust.delta,
+            diagnostics=self._diagnostics,
         )
 
     def step(self) -> dict[str, float]:
@@ -216,8 +219,11 @@ class Trainer:
         metrics.update(self.advantages(exp))
         kl_ref = kl_to_reference(exp, self.cfg.loss.reduction)
         t1 = time.perf_counter()
+        self._diagnostics = [] if self.cfg.train.diagnostic_terms > 0 else None
         metrics.update(self.update(exp, it))
         metrics["time/train_s"] = time.perf_counter() - t1
+        if self._diagnostics and self.is_main:
+            write_diagnostics(self.run_dir, it + 1, self._diagnostics)
         if kl_ref is not None:  # the same iterations on every process (RunConfig.reference_pass)
             metrics.update(self._kl_metrics(kl_ref))
         if self.trust is not None:
@@ -390,6 +396,15 @@ class StopRequested(KeyboardInterrupt):
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def write_diagnostics(run_dir: Path, iteration: int, rows: list[dict[str, float]]) -> None:
+    """Append one iteration's sampled terms to ``RUN/diagnostics/ratio_kl.jsonl`` (a resumed run
+    writes its redone iterations again; readers keep the last block of an iteration)."""
+    path = run_dir / "diagnostics" / "ratio_kl.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps({"iter": iteration, "terms": rows}) + "\n")
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flowdppo.config.schema import RunConfig
-from flowdppo.core import LossInputs, compute_loss, recompute_step
+from flowdppo.core import LossInputs, compute_loss, gaussian_kl, recompute_step
 from flowdppo.models.base import Policy
 from flowdppo.trainer.experience import Experience
 
@@ -152,9 +152,35 @@ def _micro_loss(
     hparams = cfg.loss.hparams()
     if delta is not None:  # the adaptive δ of this iteration (loss.delta_schedule: adaptive)
         hparams["delta"] = delta
-    return compute_loss(
+    out = compute_loss(
         cfg.loss.name, inp, beta=cfg.loss.beta, adv_clip=cfg.loss.adv_clip, **hparams
     )
+    return out, (new, i, s)
+
+
+def _diagnostic_rows(
+    exp: Experience, cfg: RunConfig, parts: tuple, n: int, update: int
+) -> list[dict[str, float]]:
+    """The first ``n`` terms of a (shuffled) micro-batch: step index, log ρ, the exact
+    KL(π_old ‖ π_θ) and the advantage, for ``train.diagnostic_terms`` (the ratio-vs-divergence
+    picture, docs/metrics.md). Detached; no random draw, so training is unchanged."""
+    new, i, s = parts
+    i, s = i[:n], s[:n]
+    with torch.no_grad():
+        log_rho = new.log_prob[:n].detach() - exp.log_prob[i, s]
+        kl = gaussian_kl(new.mean[:n].detach(), exp.mean[i, s], exp.std[i, s], cfg.loss.reduction)
+    assert exp.advantages is not None
+    adv = exp.advantages[i]
+    return [
+        {
+            "update": update,
+            "step": int(exp.step_index[int(s[j])]),
+            "log_rho": float(log_rho[j]),
+            "kl": float(kl[j]),
+            "adv": float(adv[j]),
+        }
+        for j in range(len(i))
+    ]
 
 
 class NonFiniteError(RuntimeError):
@@ -200,9 +226,12 @@ def update_policy(
     reduce: Callable[[torch.Tensor, str], torch.Tensor],
     after_step: Callable[[], None] = lambda: None,
     delta: float | None = None,
+    diagnostics: list[dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Run the N updates; returns metrics averaged over all terms of all processes.
-    ``delta`` replaces ``loss.delta`` for this iteration (the adaptive δ)."""
+    ``delta`` replaces ``loss.delta`` for this iteration (the adaptive δ); ``diagnostics``, if
+    given, receives up to ``train.diagnostic_terms`` of this process's terms (spread over the
+    updates: the first terms of each update's first micro-batch)."""
     params = list(policy.trainable_parameters())
     lr = learning_rate(cfg, iteration)
     for group in optimizer.param_groups:
@@ -221,8 +250,13 @@ def update_policy(
         # A process may hold none of a mini-batch's pairs: it adds no term (the mean of an empty
         # micro-batch is NaN) but still joins the gradient sum below.
         bad_loss = False
-        for micro in torch.split(mine, cfg.optim.micro_batch_size) if mine.numel() else ():
-            out = _micro_loss(policy, exp, micro, cfg, delta)
+        for j, micro in enumerate(
+            torch.split(mine, cfg.optim.micro_batch_size) if mine.numel() else ()
+        ):
+            out, parts = _micro_loss(policy, exp, micro, cfg, delta)
+            if diagnostics is not None and j == 0:
+                per_update = -(-cfg.train.diagnostic_terms // len(batches))
+                diagnostics += _diagnostic_rows(exp, cfg, parts, per_update, u)
             bad_loss |= not bool(torch.isfinite(out.loss))
             (out.loss * (micro.numel() / mb.numel())).backward()
             acc.add(out.metrics, micro.numel())
