@@ -113,6 +113,27 @@ def write_markdown(spec: Spec, summary: dict[str, Any], out: Path) -> Path:
                 + " |"
             )
         lines.append("")
+    if summary.get("ratio_noise"):
+        r = rep.ratio_rules
+        lines += [
+            f"## The ratio against the exact divergence (δ = {r['delta']:g}, ε = {r['clip_range']:g})",
+            "",
+            "Sampled (sample, step) terms of every run of a method (`train.diagnostic_terms`); "
+            "*corr*: correlation of |ρ − 1| with sqrt(KL); *clip only* / *mask only*: terms one "
+            "rule blocks and the other lets through (`flowdppo.diagnostics`).",
+            "",
+            "| method | step | terms | mean KL | mean abs(ρ − 1) | corr | clip blocks | mask blocks | clip only | mask only |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for m, rows in summary["ratio_noise"].items():
+            for x in rows:
+                lines.append(
+                    f"| {m} | {x['step']} | {x['terms']} | {_num(x['kl_mean'])} | "
+                    f"{_num(x['abs_rho_minus_1_mean'])} | {_num(x['corr'])} | "
+                    f"{_num(x['clip_frac'])} | {_num(x['mask_frac'])} | "
+                    f"{_num(x['clip_only_frac'])} | {_num(x['mask_only_frac'])} |"
+                )
+        lines.append("")
     lines += ["## Base model (iteration 0)", ""]
     lines += [f"- {k}: {_num(v)}" for k, v in sorted(summary["base"].items())]
     lines += ["", "## Plots", ""]

@@ -298,6 +298,9 @@ def build_report(spec: Spec, out: Path, command: str = "") -> dict[str, Any]:
     from flowdppo.compare.plots import write_plots
 
     plots = write_plots(spec, cells, out)
+    if rep.ratio_rules:
+        summary["ratio_noise"], picture = ratio_noise(spec, cells, out)
+        plots.append(picture)
     summary["plots"] = [p.name for p in plots]
     (out / "summary.json").write_text(json.dumps(_finite(summary), indent=1, default=str))
     write_markdown(spec, summary, out)
@@ -383,3 +386,22 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+def ratio_noise(spec: Spec, cells: dict[str, list[RunData]], out: Path) -> tuple[dict, Path]:
+    """Per method, the sampled terms of all its runs (``train.diagnostic_terms``): per step index
+    the correlation of |ρ − 1| with sqrt(KL) and how often each rule blocks what the other
+    passes (``flowdppo.diagnostics``), for the spec's ``report.ratio_rules``; and the scatter."""
+    from flowdppo.diagnostics import by_step, plot_ratio, read_terms
+
+    rules = spec.report.ratio_rules
+    pooled: dict[str, list[dict]] = {}
+    for ds in cells.values():
+        for d in ds:
+            try:
+                terms = read_terms(out / "runs" / d.run.name)
+            except FileNotFoundError:
+                continue
+            pooled.setdefault(d.run.method, []).extend(terms)
+    table = {m: by_step(t, rules["delta"], rules["clip_range"]) for m, t in pooled.items()}
+    return table, plot_ratio(pooled, out / "ratio_kl.png", rules["delta"], rules["clip_range"])

@@ -47,6 +47,7 @@ REPORT_KEYS = {
     "objectives",
     "collapse",
     "group_by",
+    "ratio_rules",
 }
 
 
@@ -70,6 +71,7 @@ class ReportSpec:
     objectives: list[str] = field(default_factory=list)  # multi-objective: rewards to balance
     collapse: dict[str, Any] = field(default_factory=dict)  # {metric, below: base|number}
     group_by: str | None = None  # a sweep key: tables and plots per value of it
+    ratio_rules: dict[str, float] = field(default_factory=dict)  # {delta, clip_range}: diagnostic
 
 
 @dataclass
@@ -163,6 +165,11 @@ def _report(path: Path, raw: Any) -> ReportSpec:
         _fail(path, "report.binding_min_frac", "a number in (0, 1)", rep.binding_min_frac)
     if rep.levels and not ({"x", "y"} <= set(rep.levels) and {"levels", "gains"} & set(rep.levels)):
         _fail(path, "report.levels", "a mapping with x, y and levels or gains", rep.levels)
+    if rep.ratio_rules and not (
+        set(rep.ratio_rules) == {"delta", "clip_range"}
+        and all(isinstance(v, (int, float)) and v > 0 for v in rep.ratio_rules.values())
+    ):
+        _fail(path, "report.ratio_rules", "{delta: > 0, clip_range: > 0}", rep.ratio_rules)
     if rep.collapse and "metric" not in rep.collapse:
         _fail(path, "report.collapse", "a mapping with metric and below", rep.collapse)
     return rep

@@ -294,3 +294,25 @@ def test_a_second_compare_on_a_running_grid_is_refused(tmp_path, ckpt):
         with pytest.raises(SpecError, match="another flowdppo compare is running"):
             run_grid(spec, out, progress=False)
     assert not (out / "runs").exists()  # refused before anything started
+
+
+def test_a_report_with_ratio_rules_tabulates_the_sampled_terms(grid, tmp_path):
+    _spec, out = grid
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    spec = yaml.safe_load((copy / "spec.yaml").read_text())
+    spec["report"]["ratio_rules"] = {"delta": 1e-9, "clip_range": 1e-7}
+    (copy / "spec.yaml").write_text(yaml.safe_dump(spec))
+    cli("compare", "--report-only", str(copy))
+    summary = json.loads((copy / "summary.json").read_text())
+    rows = summary["ratio_noise"]
+    assert set(rows) == {"dppo", "clip"}
+    # Per iteration, each of the 2 updates gives its first micro-batch's terms, at most
+    # ceil(32 / 2): here all of its 2 (4 samples × 1 trained step, halved); 2 iterations, 1 seed.
+    assert rows["dppo"][-1]["step"] == "all" and rows["dppo"][-1]["terms"] == 2 * 2 * 2
+    assert (copy / "ratio_kl.png").stat().st_size > 1000
+    assert "The ratio against the exact divergence" in (copy / "report.md").read_text()
+    spec["report"]["ratio_rules"] = {"delta": 1e-9}
+    (copy / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match="report.ratio_rules"):
+        load_spec(copy / "spec.yaml")
