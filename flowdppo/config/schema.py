@@ -317,6 +317,11 @@ class OptimConfig:
         choices=("constant", "cosine"),
     )
     lr_final_frac: float = _f(0.1, "cosine schedule: final lr as a fraction of lr")
+    allow_low_precision_weights: bool = _f(
+        False,
+        "train trainable weights stored in bfloat16/float16 even where their rounding erases "
+        "steps of optim.lr (a warning instead of an error; flowdppo.trainer.guards)",
+    )
 
     def validate(self) -> None:
         _check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", self.lr, "a finite number > 0")
@@ -402,6 +407,11 @@ class TrainConfig:
     sample_every: int = _f(10, "write a sample grid every this many iterations")
     threads: int = _f(0, "torch CPU threads (0 = torch default)")
     on_policy_tol: float = _f(1e-6, "warn when the on-policy KL exceeds this (reduction unit)")
+    noise_floor_factor: float = _f(
+        10.0,
+        "warn once when flow_dppo's δ < this × check/noise_floor_kl, the KL that numerics alone "
+        "put between rollout and training means (0 = never; flowdppo.trainer.guards)",
+    )
     diagnostic_terms: int = _f(
         32,
         "(sample, step) terms per iteration whose log ρ, exact old-to-new KL, advantage and step "
@@ -439,6 +449,12 @@ class TrainConfig:
         _check(self.save_every >= 1, "train.save_every", self.save_every, "an int >= 1")
         _check(self.threads >= 0, "train.threads", self.threads, "an int >= 0 (0 = torch default)")
         _check(self.on_policy_tol >= 0, "train.on_policy_tol", self.on_policy_tol, "a number >= 0")
+        _check(
+            self.noise_floor_factor >= 0,
+            "train.noise_floor_factor",
+            self.noise_floor_factor,
+            "a number >= 0",
+        )
         _check(
             self.max_skipped_updates >= 0,
             "train.max_skipped_updates",

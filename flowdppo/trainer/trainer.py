@@ -36,6 +36,7 @@ from flowdppo.trainer.data import balance_by, load_prompts, prompt_indices
 from flowdppo.trainer.ema import EMA
 from flowdppo.trainer.evaluation import evaluate
 from flowdppo.trainer.experience import Experience, collect, kl_to_reference
+from flowdppo.trainer.guards import check_master_precision, noise_floor_warning
 from flowdppo.trainer.logging import RunLogger
 from flowdppo.trainer.update import NonFiniteError, update_policy
 
@@ -82,6 +83,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.policy.trainable_parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
         )
+        check_master_precision(
+            self.policy.trainable_state_dict().items(), o.lr, o.allow_low_precision_weights
+        )
         self.ema = EMA(self.policy, o.ema_decay) if o.ema_decay > 0 else None
         self.iteration = 0
         self._saved_at: int | None = None
@@ -111,6 +115,7 @@ class Trainer:
             self.run_dir, enabled=self.is_main, resume_iter=self.iteration if ckpt else -1
         )
         self._diagnostics: list[dict[str, float]] | None = None  # set per iteration by step()
+        self._floor_warned = False  # the noise-floor warning is given once per process
         self._skipped_in_a_row = 0  # updates skipped (non-finite) since an iteration skipped none
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
 
@@ -229,6 +234,14 @@ class Trainer:
         if self.trust is not None:
             metrics.update(self._adapt_delta(metrics, it))
         metrics["time/iter_s"] = time.perf_counter() - t0
+        floor_note = noise_floor_warning(
+            metrics["check/noise_floor_kl"],
+            self.trust.delta if self.trust is not None else self.cfg.loss.delta,
+            self.cfg.train.noise_floor_factor if self.cfg.loss.name == "flow_dppo" else 0.0,
+        )
+        if floor_note and not self._floor_warned:
+            self._floor_warned = True
+            warnings.warn(f"iteration {it + 1}: {floor_note}", stacklevel=2)
         if not metrics["check/onpolicy_kl_max"] <= self.cfg.train.on_policy_tol:  # NaN fails too
             warnings.warn(
                 f"iteration {it}: on-policy check failed: KL(old‖new) before the first update = "

@@ -294,6 +294,7 @@ def update_policy(
     metrics["fault/skipped_updates"] = float(skipped)
     pre = first.result(reduce, keys)  # the first update runs before any optimizer step: on-policy
     metrics["check/onpolicy_kl_max"] = pre.get("kl/old_new_max", 0.0)
+    metrics["check/noise_floor_kl"] = pre.get("kl/old_new_mean", 0.0)
     metrics["check/onpolicy_ratio_err_max"] = max(
         abs(pre.get("ratio/max", 1.0) - 1), abs(pre.get("ratio/min", 1.0) - 1)
     )
