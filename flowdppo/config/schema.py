@@ -464,6 +464,41 @@ class TrainConfig:
 
 
 @dataclass
+class AlarmConfig:
+    hack_evals: int = _f(
+        2,
+        "alarm/reward_hacking after this many evaluations in a row where the run's reward on "
+        "the evaluation images is above the base's and eval/strict_overall below it (0 = off)",
+    )
+    fd_rise: float = _f(
+        0.5, "alarm/fd when eval/fd rises more than this fraction above the base's (0 = off)"
+    )
+    diversity_floor: float = _f(
+        0.5, "alarm/diversity when eval/diversity falls below this fraction of the base's (0 = off)"
+    )
+    kl_budget: float | None = _f(
+        None, "alarm/kl_budget when eval/kl_base exceeds this (null = off)"
+    )
+    stop: bool = _f(False, "stop the run (saved) when an alarm fires")
+
+    def validate(self) -> None:
+        _check(self.hack_evals >= 0, "alarms.hack_evals", self.hack_evals, "an int >= 0")
+        _check(self.fd_rise >= 0, "alarms.fd_rise", self.fd_rise, "a number >= 0")
+        _check(
+            0 <= self.diversity_floor <= 1,
+            "alarms.diversity_floor",
+            self.diversity_floor,
+            "a number in [0, 1]",
+        )
+        _check(
+            self.kl_budget is None or self.kl_budget > 0,
+            "alarms.kl_budget",
+            self.kl_budget,
+            "null or a number > 0",
+        )
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -477,6 +512,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    alarms: AlarmConfig = field(default_factory=AlarmConfig)
 
     @property
     def eval_guidance_scale(self) -> float:

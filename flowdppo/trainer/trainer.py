@@ -25,6 +25,7 @@ from tqdm import tqdm
 from flowdppo.config import RunConfig, dump_config
 from flowdppo.core import AdaptiveDelta, group_advantages, select_train_steps
 from flowdppo.rewards.compute import RewardError
+from flowdppo.trainer.alarms import check_alarms
 from flowdppo.trainer.build import build_policy, build_run_rewards, resolve_untrained_precision
 from flowdppo.trainer.checkpoint import (
     checkpoint_state,
@@ -37,7 +38,7 @@ from flowdppo.trainer.ema import EMA
 from flowdppo.trainer.evaluation import evaluate
 from flowdppo.trainer.experience import Experience, collect, kl_to_reference
 from flowdppo.trainer.guards import check_master_precision, noise_floor_warning
-from flowdppo.trainer.logging import RunLogger
+from flowdppo.trainer.logging import RunLogger, read_metrics
 from flowdppo.trainer.update import NonFiniteError, update_policy
 
 
@@ -115,6 +116,7 @@ class Trainer:
             self.run_dir, enabled=self.is_main, resume_iter=self.iteration if ckpt else -1
         )
         self._diagnostics: list[dict[str, float]] | None = None  # set per iteration by step()
+        self._alarm_fired = False  # set by evaluate(): an alarm fired at the last evaluation
         self._floor_warned = False  # the noise-floor warning is given once per process
         self._skipped_in_a_row = 0  # updates skipped (non-finite) since an iteration skipped none
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
@@ -289,8 +291,22 @@ class Trainer:
         with ctx:
             metrics = evaluate(self.policy, self.cfg, self.rewards, path)
         metrics["time/eval_s"] = time.perf_counter() - t0
+        alarms, messages = self._alarms(metrics)
+        metrics.update(alarms)
         self.logger.log("eval", self.iteration, metrics)
+        for msg in messages:
+            warnings.warn(f"iteration {self.iteration}: {msg}", stacklevel=2)
+        self._alarm_fired = bool(messages)
         return metrics
+
+    def _alarms(self, metrics: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+        """The alarms of this evaluation, against the run's logged history (flowdppo.trainer.alarms)."""
+        try:
+            rows = read_metrics(self.run_dir)
+        except FileNotFoundError:  # nothing logged yet: this is the base's evaluation
+            rows = []
+        evals = [r for r in rows if r["kind"] == "eval" and r["iter"] < self.iteration]
+        return check_alarms(self.cfg.alarms, [*evals, {**metrics, "iter": self.iteration}])
 
     def save(self) -> None:
         if self.is_main:
@@ -369,6 +385,12 @@ class Trainer:
                             bar.write(
                                 f"iter {self.iteration}: eval strict {100 * ev['eval/strict_overall']:.1f}%"
                             )
+                        if self.cfg.alarms.stop and self._stop_requested(self._alarm_fired):
+                            bar.write(
+                                f"an alarm fired (alarms.stop): stopping at iteration {self.iteration}"
+                            )
+                            end = self.iteration  # saved below like a run's last iteration
+                            bar.total = end
                     if self.iteration % t.save_every == 0 or self.iteration == end:
                         self.save()
                 signum = interrupted() or signal.SIGINT  # other processes saw no signal
