@@ -53,7 +53,7 @@ def test_a_trainer_with_bfloat16_trainable_weights_is_refused(tiny_ckpt, tmp_pat
         return policy
 
     monkeypatch.setattr(trainer_mod, "build_policy", bf16_policy)
-    with pytest.raises(ValueError, match="optim.allow_low_precision_weights"):
+    with pytest.raises(ValueError, match=r"optim\.allow_low_precision_weights"):
         Trainer(tiny_config(tiny_ckpt, "optim.lr=1e-5"), tmp_path / "run")
 
 
