@@ -143,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
     ap.add_argument("--tiny", action="store_true", help="a tiny random Shapes model (smoke run)")
+    ap.add_argument(
+        "--tiny-sd3",
+        action="store_true",
+        help="the tiny random SD3 pipeline of the tests at 32², 10 steps, CFG 4.5, LoRA r32/α64 on "
+        "the attention projections, 8 images (2 prompts × 4), 9 of 10 steps trained, 2 updates "
+        "of micro-batches of 4, JPEG reward: the shape of Flow-GRPO's smallest job",
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     sets = ["eval.every=0", "train.save_every=100000", "train.diagnostic_terms=0", *a.set]
@@ -153,6 +160,34 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.tiny import build_tiny_checkpoint, tiny_overrides
 
         sets = tiny_overrides(build_tiny_checkpoint(tmp / "tiny.safetensors")) + sets
+    if a.tiny_sd3:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "models"))
+        from tiny_pipelines import build_tiny_sd3
+
+        prompts = tmp / "prompts.txt"
+        prompts.write_text("a red cube\na blue sphere\na green cone\na white cat\n")
+        sets = [
+            "model.family=sd3",
+            f"model.pretrained={build_tiny_sd3(tmp)}",
+            "model.resolution=32",
+            "model.max_sequence_length=8",
+            "model.lora_rank=32",
+            "model.lora_alpha=64",
+            "sampling.num_inference_steps=10",
+            "sampling.guidance_scale=4.5",
+            "sampling.train_pool=[0.0,0.9]",
+            "sampling.train_steps=9",
+            "sampling.prompts_per_iter=2",
+            "sampling.group_size=4",
+            "sampling.batch_size=4",
+            "optim.updates_per_iter=2",
+            "optim.micro_batch_size=4",
+            "rewards=[{name: jpeg_incompressibility}]",
+            f"data.train_prompts={prompts}",
+            f"data.eval_prompts={prompts}",
+            "data.balance_key=null",
+            *sets,
+        ]
     cfg = load_config(None, sets)
     trainer = Trainer(cfg, tmp / "run")
     s = cfg.sampling
