@@ -159,11 +159,13 @@ def verdict(test: dict[str, Any], binds_a: bool, binds_b: bool) -> str:
 
 # -- the report ----------------------------------------------------------------------------------
 def collect(spec: Spec, out: Path) -> dict[str, list[RunData]]:
-    """{cell: [RunData per seed]} for the runs that have at least one evaluation."""
+    """{cell: [RunData per seed]} for the finished runs: evaluated at their last iteration
+    (``train.max_iters``). A run still going is left out, so that every "final" value of a cell
+    is taken at the same iteration; the report says how many of a cell's seeds it holds."""
     cells: dict[str, list[RunData]] = {}
     for r in spec.runs:
         d = read_run(out / "runs" / r.name, r)
-        if d.evals:
+        if d.evals and d.evals[-1]["iter"] >= r.config.train.max_iters:
             cells.setdefault(r.cell, []).append(d)
     return cells
 

@@ -316,3 +316,17 @@ def test_a_report_with_ratio_rules_tabulates_the_sampled_terms(grid, tmp_path):
     (copy / "spec.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(SpecError, match=r"report\.ratio_rules"):
         load_spec(copy / "spec.yaml")
+
+
+def test_a_run_still_going_is_left_out_of_the_cells(tmp_path, ckpt):
+    from flowdppo.compare.report import collect
+
+    spec = load_spec(_write_spec(tmp_path / "s.yaml", ckpt))  # train.max_iters = 2
+    for name, last in (("dppo__s0", 2), ("clip__s0", 1)):
+        run = tmp_path / "out" / "runs" / name
+        run.mkdir(parents=True)
+        rows = [
+            {"kind": "eval", "iter": i, "eval/jpeg_incompressibility": 0.1} for i in range(last + 1)
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert list(collect(spec, tmp_path / "out")) == ["dppo"]
