@@ -45,7 +45,7 @@ def write_markdown(spec: Spec, summary: dict[str, Any], out: Path) -> Path:
         "",
         f"**Question.** {spec.question}" if spec.question else "",
         "",
-        f"Spec `{spec.path.name}` (digest `{summary['spec_digest']}`), seeds {spec.seeds}, rollout "
+        f"Spec `experiments/{spec.name}.yaml` (digest `{summary['spec_digest']}`), seeds {spec.seeds}, rollout "
         f"precision of the untrained steps: {precision}. The runs were made by:",
         "",
         *(f"- {r}" for r in ran or ["(no invocation recorded)"]),
