@@ -2,8 +2,9 @@
 
 Images go out as PNG (8-bit, lossless after rounding) in JSON over HTTP; no pickle either way.
 Connection failures, timeouts and 429/502/503/504 answers are retried with exponential backoff
-(``backoff_s · 2^attempt``, capped at ``max_backoff_s``), up to ``retries`` times; 400/401/413/500
-answers are not retried (they would fail again) and raise an error quoting the server.
+(``backoff_s · 2^attempt``, capped at ``max_backoff_s``; at least the server's ``Retry-After``
+within that cap), up to ``retries`` times; 400/401/413/500 answers are not retried (they would
+fail again) and raise an error quoting the server.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class RemoteRewardError(RuntimeError):
 
 
 class _Retryable(Exception):
-    pass
+    def __init__(self, message: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @register_reward("remote")
@@ -97,10 +100,11 @@ class RemoteReward:
         return RewardOutput(scores=scores, details=details)
 
     def _post_with_retries(self, path: str, data: bytes) -> dict[str, Any]:
-        last: Exception | None = None
+        last: _Retryable | None = None
         for attempt in range(self.retries + 1):
-            if attempt:
+            if last is not None:
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+                delay = max(delay, min(self.max_backoff_s, last.retry_after_s))
                 logger.warning("remote %s: %s; retry %d in %.2fs", self.url, last, attempt, delay)
                 time.sleep(delay)
             try:
@@ -122,7 +126,8 @@ class RemoteReward:
         except urllib.error.HTTPError as exc:
             message = _error_message(exc)
             if exc.code in _RETRY_STATUS:
-                raise _Retryable(f"HTTP {exc.code}: {message}") from exc
+                wait_s = _retry_after_s(exc.headers.get("Retry-After"))
+                raise _Retryable(f"HTTP {exc.code}: {message}", wait_s) from exc
             raise RemoteRewardError(
                 f"remote: {self.url}{path} answered {exc.code}: {message}"
             ) from exc
@@ -144,6 +149,14 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
         return str(json.loads(exc.read()).get("error", exc.reason))
     except Exception:
         return str(exc.reason)
+
+
+def _retry_after_s(value: str | None) -> float:
+    """A ``Retry-After`` header in seconds (0 when absent, or an HTTP date we do not parse)."""
+    try:
+        return max(0.0, float(value)) if value is not None else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _nan_for_none(x: Any) -> Any:

@@ -61,6 +61,33 @@ def test_oversized_request_is_rejected(start_server):
     assert remote(_images(1, size=8), ["p"], [{}]).scores.shape == (1,)
 
 
+def test_a_413_for_a_large_body_quotes_the_server_not_a_reset(start_server):
+    """A 16.8 MB body against --max-bytes 20000: the server answers 413 at once; it reads and
+    drops the rest of the body before closing, so the client reads that answer (it saw
+    "Connection reset by peer" when the server closed on the unread body)."""
+    server = start_server(
+        "--reward", "jpeg_incompressibility", "--max-bytes", "20000", token=TOKEN
+    ).wait_ready()
+    remote = build_reward("remote", url=server.url, token=TOKEN, max_bytes=10**8, retries=0)
+    with pytest.raises(
+        RemoteRewardError,
+        match=r"answered 413: request of \d{8} bytes exceeds the limit of 20000 bytes$",
+    ):
+        remote(_images(4, size=1024), ["p"] * 4, [{}] * 4)  # noise: 4 × 4.2 MB of PNG
+
+
+def test_a_request_over_the_server_limits_quotes_the_flag(start_server):
+    server = start_server(
+        "--reward", "jpeg_incompressibility", "--max-images", "3", token=TOKEN
+    ).wait_ready()
+    remote = build_reward("remote", url=server.url, token=TOKEN, batch_size=4, retries=3)
+    with pytest.raises(
+        RemoteRewardError,
+        match=r"answered 413: request holds 4 images; the limit is 3 per request \(--max-images\)",
+    ):
+        remote(_images(4, size=8), ["p"] * 4, [{}] * 4)
+
+
 def test_server_killed_and_restarted_mid_run(start_server, caplog):
     server = start_server("--reward", "jpeg_compressibility", token=TOKEN).wait_ready()
     remote = build_reward(
