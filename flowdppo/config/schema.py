@@ -70,10 +70,23 @@ class ModelConfig:
     max_sequence_length: int | None = _f(
         None, "text tokens of the T5 encoder (diffusers models; None = 256 for SD3, 512 for FLUX)"
     )
+    prompt_cache_mb: float = _f(
+        2048.0,
+        "budget in MiB of the prompt-embedding cache on the device, per process (diffusers "
+        "models; least recently used prompts evicted first; 0 = no cache). A prompt takes 2.6 MiB "
+        "(SD3.5) / 4.0 MiB (FLUX.1) in bf16 at the default max_sequence_length, so 2048 holds 786 "
+        "/ 511 prompts (docs/models.md); below one iteration's distinct prompts, updates re-encode",
+    )
 
     def validate(self) -> None:
         _check(self.lora_rank >= 1, "model.lora_rank", self.lora_rank, "an int >= 1")
         _check(self.lora_alpha > 0, "model.lora_alpha", self.lora_alpha, "a number > 0")
+        _check(
+            math.isfinite(self.prompt_cache_mb) and self.prompt_cache_mb >= 0,
+            "model.prompt_cache_mb",
+            self.prompt_cache_mb,
+            "a number of MiB >= 0 (0 = no cache)",
+        )
 
 
 @dataclass

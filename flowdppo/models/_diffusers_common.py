@@ -2,8 +2,8 @@
 
 What lives here is the part of a policy that does not depend on the model family: loading a
 pipeline (folder, cached hub id or in-memory object), choosing the precision, LoRA or full
-fine-tuning of the transformer, the per-prompt embedding cache, the scheduler's sigmas, the
-float32 VAE decode and the reference-model context. Each family adapter adds only its prompt
+fine-tuning of the transformer, the per-prompt embedding cache (LRU within a byte budget), the
+scheduler's sigmas, the float32 VAE decode and the reference-model context. Each family adapter adds only its prompt
 encoding and its transformer call.
 
 Nothing here re-implements the diffusers denoising loop: the rollout loop is
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from torch import nn
 from flowdppo.models.base import Cond
 from flowdppo.models.lora import add_lora, disabled_lora
 
-# LoRA on the attention projections (both the image and the text stream of the joint blocks).
+# LoRA on the attention projections of both streams of the joint blocks, the context stream's
+# output projection (to_add_out) included, as Flow-GRPO's and Flow-Factory's SD3/FLUX defaults
+# adapt: without it the text tokens' attention output, which the next block reads, stays frozen.
 DEFAULT_LORA_TARGETS = [
     "to_q",
     "to_k",
@@ -34,6 +37,7 @@ DEFAULT_LORA_TARGETS = [
     "add_q_proj",
     "add_k_proj",
     "add_v_proj",
+    "to_add_out",
 ]
 
 
@@ -186,26 +190,115 @@ def prepare_transformer(
     return None
 
 
-class PromptCache:
-    """Per-prompt conditioning, computed once: ``get(prompts, encode)`` encodes only new prompts."""
+MIB = 2**20
+DEFAULT_PROMPT_CACHE_MB = 2048.0
+PROMPT_CACHE_DEVICES = ("device", "cpu")
 
-    def __init__(self) -> None:
-        self._rows: dict[str, Cond] = {}
+
+def cond_nbytes(cond: Cond) -> int:
+    """Bytes held by the tensors of ``cond`` (numel × element size, summed)."""
+    return sum(t.numel() * t.element_size() for t in cond.values())
+
+
+class PromptCache:
+    """Per-prompt conditioning within a byte budget, least recently used out first.
+
+    ``get(prompts, encode)`` runs ``encode`` once, on the distinct prompts not held, and returns
+    the rows of every prompt stacked on ``device``. Each held row owns its storage (a copy, not
+    a view of the encoded batch: evicting it frees its bytes). ``max_bytes`` 0: nothing is held,
+    every call encodes; a row larger than the whole budget is not held. ``store_device`` (CPU
+    keeps the rows off the accelerator; they are copied to ``device`` on use) defaults to
+    ``device``. ``stats()`` counts hits and misses per distinct prompt of a call.
+    """
+
+    def __init__(
+        self, max_bytes: int, device: torch.device, store_device: torch.device | None = None
+    ) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"prompt cache: max_bytes must be >= 0 (0: no cache), got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.device = torch.device(device)
+        self.store_device = self.device if store_device is None else torch.device(store_device)
+        self._rows: OrderedDict[str, Cond] = OrderedDict()  # least recently used first
+        self._bytes = 0
+        self.hits = self.misses = self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def get(self, prompts: list[str], encode: Any) -> Cond:
-        """``encode(list[str]) -> Cond`` is called once, on the prompts not seen before."""
+        """``encode(list[str]) -> Cond`` ([n, ...] per key) is called once, on the new prompts."""
         if isinstance(prompts, str) or not prompts:
             raise ValueError("encode_prompts expects a non-empty list of strings")
-        new = list(dict.fromkeys(p for p in prompts if p not in self._rows))
+        distinct = list(dict.fromkeys(prompts))
+        rows: dict[str, Cond] = {}
+        for prompt in distinct:
+            if prompt in self._rows:
+                self._rows.move_to_end(prompt)
+                rows[prompt] = self._rows[prompt]
+        new = [p for p in distinct if p not in rows]
+        self.hits, self.misses = self.hits + len(rows), self.misses + len(new)
         if new:
             batch = encode(new)
             for i, prompt in enumerate(new):
-                self._rows[prompt] = {k: v[i : i + 1].detach() for k, v in batch.items()}
-        keys = self._rows[prompts[0]].keys()
-        return {k: torch.cat([self._rows[p][k] for p in prompts]) for k in keys}
+                rows[prompt] = {k: v[i].detach() for k, v in batch.items()}
+        # Stacked before any insertion or eviction: a call with more prompts than the budget
+        # holds still gets every row.
+        on_device = {p: {k: t.to(self.device) for k, t in row.items()} for p, row in rows.items()}
+        keys = on_device[prompts[0]].keys()
+        out = {k: torch.stack([on_device[p][k] for p in prompts]) for k in keys}  # [B, ...]
+        for prompt in new:
+            self._insert(prompt, rows[prompt])
+        return out
+
+    def _insert(self, prompt: str, row: Cond) -> None:
+        size = cond_nbytes(row)
+        if size > self.max_bytes:  # also max_bytes 0: no cache
+            return
+        self._rows[prompt] = {k: t.to(self.store_device, copy=True) for k, t in row.items()}
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, old = self._rows.popitem(last=False)
+            self._bytes -= cond_nbytes(old)
+            self.evictions += 1
+
+    def stats(self) -> dict[str, int]:
+        """Counters since construction: ``hits``/``misses`` (distinct prompts of a call found /
+        encoded), ``evictions``; and now: ``entries``, ``bytes`` held, ``max_bytes``."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "evictions": self.evictions,
+            "entries": len(self._rows),
+            "bytes": self._bytes,
+            "max_bytes": self.max_bytes,
+        }
+
+
+def prompt_cache_metrics(
+    before: dict[str, int] | None,
+    after: dict[str, int] | None,
+    reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """``cache/*`` metrics of the lookups between two ``cache_stats()`` snapshots.
+
+    ``cache/prompt_hit_rate`` = Σ hits / Σ (hits + misses) and ``cache/prompt_evictions`` = Σ
+    evictions, summed over processes; ``cache/prompt_mb`` = bytes held at ``after``, mean over
+    processes, / 2^20. ``reduce(t, "sum")`` sums a tensor over processes (None: one process).
+    No snapshot (a policy without a cache): {}. No lookup in between: hit rate NaN.
+    """
+    if before is None or after is None:
+        return {}
+    delta = [float(after[k] - before[k]) for k in ("hits", "misses", "evictions")]
+    totals = torch.tensor([*delta, float(after["bytes"]), 1.0], dtype=torch.float64)
+    if reduce is not None:
+        totals = reduce(totals, "sum")
+    hits, misses, evictions, held, processes = totals.tolist()
+    return {
+        "cache/prompt_hit_rate": hits / (hits + misses) if hits + misses else float("nan"),
+        "cache/prompt_mb": held / processes / MIB,
+        "cache/prompt_evictions": evictions,
+    }
 
 
 @contextmanager

@@ -9,6 +9,7 @@ reference model) is here, so the two family files stay small.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
@@ -16,6 +17,9 @@ from typing import Any, ClassVar
 import torch
 
 from flowdppo.models._diffusers_common import (
+    DEFAULT_PROMPT_CACHE_MB,
+    MIB,
+    PROMPT_CACHE_DEVICES,
     PromptCache,
     autocast_context,
     decode_latents,
@@ -56,6 +60,8 @@ class DiffusersPolicy:
         offload_text_encoders: bool = False,
         resolution: int | None = None,
         max_sequence_length: int | None = None,
+        prompt_cache_mb: float = DEFAULT_PROMPT_CACHE_MB,
+        prompt_cache_device: str = "device",
     ):
         """Build the policy from a pipeline object, a pipeline folder or a cached hub id.
 
@@ -64,9 +70,14 @@ class DiffusersPolicy:
         trains every transformer weight (float32 master weights, autocast to ``dtype``) and keeps
         a frozen copy as reference. ``offload_text_encoders`` keeps the text encoders on the CPU
         except while encoding new prompts. ``resolution`` None: the pipeline's default size.
+        ``prompt_cache_mb``: budget of the prompt-embedding cache in MiB (least recently used
+        prompts evicted first; 0: no cache), held on ``prompt_cache_device`` ("device": the
+        policy's device; "cpu": copied to the device on use).
         """
         device = torch.device(device)
         dtype = resolve_dtype(device, dtype)
+        # The cache options are checked before the (slow) pipeline load.
+        cache = _prompt_cache(prompt_cache_mb, prompt_cache_device, device)
         pipeline = load_pipeline(cls.pipeline_class(), path_or_pipeline, dtype)
         return cls(
             pipeline,
@@ -75,6 +86,7 @@ class DiffusersPolicy:
             resolution=resolution,
             max_sequence_length=max_sequence_length or cls.default_max_sequence_length,
             offload_text_encoders=offload_text_encoders,
+            prompt_cache=cache,
             train_options={
                 "lora_rank": lora_rank,
                 "lora_alpha": lora_alpha,
@@ -94,6 +106,7 @@ class DiffusersPolicy:
         max_sequence_length: int,
         offload_text_encoders: bool,
         train_options: dict[str, Any],
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._device = device
@@ -111,7 +124,10 @@ class DiffusersPolicy:
                 move(encoder, torch.device("cpu") if offload_text_encoders else device, dtype)
         self.transformer = move(pipeline.transformer, device, dtype).eval()
         self._reference = prepare_transformer(self.transformer, **train_options)
-        self._cache = PromptCache()
+        if prompt_cache is None:
+            prompt_cache = _prompt_cache(DEFAULT_PROMPT_CACHE_MB, "device", device)
+        self._cache = prompt_cache
+        self._unconditional: Cond | None = None  # the empty prompt (CFG), outside the budget
 
     @classmethod
     def pipeline_class(cls) -> type:
@@ -140,14 +156,30 @@ class DiffusersPolicy:
         return self._latent_shape
 
     def encode_prompts(self, prompts: list[str]) -> Cond:
-        """Conditioning for ``prompts`` (model dtype, on ``device``); each prompt encoded once."""
+        """Conditioning for ``prompts`` (model dtype, on ``device``), through the LRU cache."""
+        return self._cache.get(
+            list(prompts) if not isinstance(prompts, str) else prompts, self._encode
+        )
+
+    def _encode(self, prompts: list[str]) -> Cond:
+        """The text encoders on ``prompts`` (moved to the device meanwhile if offloaded)."""
         encoders = [getattr(self.pipeline, n, None) for n in self.text_encoder_names]
+        with torch.no_grad(), encoders_on(self.device, self.offload_text_encoders, *encoders):
+            return self._encode_uncached(prompts)
 
-        def encode(new: list[str]) -> Cond:
-            with torch.no_grad(), encoders_on(self.device, self.offload_text_encoders, *encoders):
-                return self._encode_uncached(new)
+    def unconditional(self) -> Cond:
+        """The empty prompt's conditioning [1, ...] on ``device``, the unconditional branch of
+        classifier-free guidance: encoded once and held outside the cache's budget (every
+        guided step reads it, so it is neither evicted nor counted as a lookup)."""
+        if self._unconditional is None:
+            self._unconditional = self._encode([""])
+        return self._unconditional
 
-        return self._cache.get(list(prompts) if not isinstance(prompts, str) else prompts, encode)
+    def cache_stats(self) -> dict[str, int]:
+        """The prompt cache's counters (``PromptCache.stats``): hits, misses, evictions since
+        construction; entries, bytes held and the budget ``max_bytes`` now. The trainer turns
+        two snapshots into ``cache/*`` metrics with ``prompt_cache_metrics``."""
+        return self._cache.stats()
 
     def velocity(
         self, latents: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance_scale: float = 1.0
@@ -208,3 +240,17 @@ class DiffusersPolicy:
     @property
     def num_cached_prompts(self) -> int:
         return len(self._cache)
+
+
+def _prompt_cache(mb: float, where: str, device: torch.device) -> PromptCache:
+    """The prompt cache for ``model.prompt_cache_mb`` MiB kept on ``where`` ("device" | "cpu")."""
+    if not (math.isfinite(mb) and mb >= 0):
+        raise ValueError(
+            f"prompt_cache_mb must be a finite number of MiB >= 0 (0: no cache), got {mb!r}"
+        )
+    if where not in PROMPT_CACHE_DEVICES:
+        raise ValueError(
+            f"prompt_cache_device must be one of {list(PROMPT_CACHE_DEVICES)}, got {where!r}"
+        )
+    store = torch.device("cpu") if where == "cpu" else device
+    return PromptCache(int(mb * MIB), device, store)

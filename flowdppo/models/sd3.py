@@ -3,8 +3,9 @@
     policy = SD3Policy.from_pretrained("stabilityai/stable-diffusion-3.5-medium", device="cuda",
                                        resolution=512, lora_rank=32, lora_alpha=64)
 
-Conditioning: ``prompt_embeds`` [B, 77·2 + max_sequence_length, joint_attention_dim] (the two
-CLIP token embeddings, zero-padded to the T5 width, then the T5 tokens) and
+Conditioning: ``prompt_embeds`` [B, 77 + max_sequence_length, joint_attention_dim] (the 77
+tokens of the two CLIP encoders, their embeddings concatenated along the channels and zero-padded
+to the T5 width, then the T5 tokens) and
 ``pooled_prompt_embeds`` [B, sum of CLIP projection dims], from the pipeline's own
 ``encode_prompt``. Latents are the VAE latents [B, 16, H/8, W/8] (SD3.5); the transformer gets
 ``timestep = sigma · num_train_timesteps`` like the pipeline.
@@ -14,7 +15,8 @@ float32; the equivalence test compares them):
 - no denoising loop here: ``flowdppo.core.rollout`` calls ``velocity`` once per step and does
   the step maths in float32 (the pipeline's scheduler also steps in float32);
 - classifier-free guidance combines the two branches in float32 (the pipeline does it in the
-  model dtype); the unconditional branch is the empty prompt, encoded once and cached;
+  model dtype); the unconditional branch is the empty prompt, encoded once and kept outside
+  the prompt cache (``unconditional``);
 - no negative prompts, ``clip_skip``, skip-layer guidance or IP-adapter;
 - the scheduler is queried on a private copy (``sigmas``), so the pipeline's scheduler state is
   never touched; dynamic shifting, when the scheduler config asks for it, uses the pipeline's
@@ -100,7 +102,7 @@ class SD3Policy(DiffusersPolicy):
         if guidance_scale <= 1.0:  # the pipeline's rule: CFG only for guidance_scale > 1
             return self._transformer(latents, sigma, cond).float()
         batch = latents.shape[0]
-        empty = self.encode_prompts([""])
+        empty = self.unconditional()  # [1, ...]
         uncond = {k: v.expand(batch, *v.shape[1:]) for k, v in empty.items()}
         both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}  # [2B, ...]: uncond, then cond
         out = self._transformer(torch.cat([latents, latents]), torch.cat([sigma, sigma]), both)

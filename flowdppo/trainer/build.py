@@ -50,6 +50,7 @@ def _diffusers(family: str) -> Callable[[ModelConfig, torch.device, float | None
             "full_finetune": cfg.full_finetune,
             "gradient_checkpointing": cfg.gradient_checkpointing,
             "offload_text_encoders": cfg.offload_text_encoders,
+            "prompt_cache_mb": cfg.prompt_cache_mb,
         }
         if cfg.resolution is not None:
             kwargs["resolution"] = cfg.resolution
