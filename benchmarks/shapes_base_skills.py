@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 from flowdppo.models.shapes import ShapesPolicy, load_base_model
-from flowdppo.shapes.evaluate import eval_specs, generate, wilson
+from flowdppo.shapes.evaluate import eval_specs, wilson
 from flowdppo.shapes.model import ShapesFlowModel, ShapesModelConfig
 from flowdppo.shapes.parser import parse_images
 from flowdppo.shapes.render import to_uint8
 from flowdppo.shapes.score import REL_MARGIN, relation_holds
+from flowdppo.trainer.sampling import generate
 
 
 def load_policy(path: str | None) -> ShapesPolicy:

@@ -25,11 +25,12 @@ from collections import Counter
 import torch
 from shapes_base_skills import load_policy
 
-from flowdppo.shapes.evaluate import eval_specs, generate
+from flowdppo.shapes.evaluate import eval_specs
 from flowdppo.shapes.parser import ParsedImage, parse_images
 from flowdppo.shapes.prompts import CATEGORIES, PromptSpec
 from flowdppo.shapes.render import to_uint8
 from flowdppo.shapes.score import check_atoms
+from flowdppo.trainer.sampling import generate
 
 
 def classify(spec: PromptSpec, parsed: ParsedImage) -> str:

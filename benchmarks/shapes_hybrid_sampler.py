@@ -17,14 +17,15 @@ from typing import Any
 
 import torch
 
-from flowdppo.shapes.evaluate import eval_specs, generate, score_eval
+from flowdppo.shapes.evaluate import eval_specs, score_eval
+from flowdppo.trainer.sampling import generate
 
 
 def hybrid_velocity(
     policy: Any, tau: float, guidance_scale: float
 ) -> Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]:
     """The CFG velocity of the policy where σ > ``tau`` and of its reference (``policy.reference``)
-    elsewhere, as ``flowdppo.shapes.evaluate.generate``'s ``velocity``."""
+    elsewhere, as ``flowdppo.trainer.sampling.generate``'s ``velocity``."""
 
     def velocity(x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
         if float(sigma.flatten()[0]) > tau:

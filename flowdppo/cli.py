@@ -141,7 +141,8 @@ def _write_eval(metrics: dict, table_md: str, out: Path) -> None:
 def _shapes_eval_policy(
     policy, out: Path, n: int, steps: int, cfg_scale: float, seed: int, split: str = "test"
 ) -> None:
-    from flowdppo.shapes.evaluate import eval_specs, generate, markdown_table, score_eval
+    from flowdppo.shapes.evaluate import eval_specs, markdown_table, score_eval
+    from flowdppo.trainer.sampling import generate
     from flowdppo.viz import save_grid
 
     specs = eval_specs(n, split=split)
@@ -204,7 +205,7 @@ def _eval(a: argparse.Namespace) -> int:
 
 def _sample(a: argparse.Namespace) -> int:
     from flowdppo.runs import load_run_policy
-    from flowdppo.shapes.evaluate import generate
+    from flowdppo.trainer.sampling import generate
     from flowdppo.viz import save_grid
 
     empty = [i + 1 for i, p in enumerate(a.prompt) if not p.strip()]

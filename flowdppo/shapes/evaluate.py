@@ -2,7 +2,8 @@
 
 ``n`` samples per category cycle through that category's test prompts in a fixed order; sample
 ``j`` starts from noise seeded by ``(seed, j)``, so every evaluation of every model sees the
-same prompts and the same noise. The sampler is the ODE (Euler) with ``steps`` steps.
+same prompts and the same noise. The sampler is the ODE (Euler) with ``steps`` steps
+(``flowdppo.trainer.sampling.generate``).
 Reported: strict accuracy (``shapes_geneval``) per category with a 95% Wilson interval, overall
 accuracy (the mean over categories, as GenEval reports), mean TIFA score, the world's Fréchet
 distance to fresh renders of the same prompts, and the within-prompt feature diversity.
@@ -11,15 +12,12 @@ distance to fresh renders of the same prompts, and the within-prompt feature div
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from flowdppo.core import sample
 from flowdppo.shapes.prompts import CATEGORIES, PromptSpec, load_split, sample_scenes
 from flowdppo.shapes.render import render, to_uint8
 from flowdppo.shapes.score import score_images
@@ -37,45 +35,6 @@ def eval_specs(
         pool = [s for s in specs if s.category == cat]
         out += [pool[i % len(pool)] for i in range(n_per_category)]
     return out
-
-
-@torch.no_grad()
-def generate(
-    policy: Any,
-    prompts: list[str],
-    *,
-    steps: int,
-    guidance_scale: float,
-    seed: int,
-    batch_size: int = 256,
-    progress: bool = False,
-    velocity: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """ODE samples of ``prompts``: images [N, 3, H, W] in [0, 1]; noise of sample j seeded (seed, j).
-
-    ``velocity(x, sigma, cond)`` replaces the policy's own CFG velocity (``cond``: the batch's
-    encoded prompts), for samplers built from the policy, e.g. one that switches to the reference
-    model at some σ (``benchmarks/shapes_hybrid_sampler.py``)."""
-    field = velocity or (lambda x, s, c: policy.velocity(x, s, c, guidance_scale))
-    out = []
-    sigmas = policy.sigmas(steps)
-    for lo in tqdm(
-        range(0, len(prompts), batch_size), desc="sampling", disable=not progress, unit="batch"
-    ):
-        chunk = prompts[lo : lo + batch_size]
-        noise = torch.stack(
-            [
-                torch.randn(
-                    *policy.latent_shape,
-                    generator=torch.Generator().manual_seed(seed * 1_000_003 + j),
-                )
-                for j in range(lo, lo + len(chunk))
-            ]
-        ).to(policy.device)
-        cond = policy.encode_prompts(chunk)
-        vel = lambda x, s, c=cond: field(x, s, c)  # noqa: E731
-        out.append(policy.decode(sample(vel, noise, sigmas, sampler="ode").latents).cpu())
-    return torch.cat(out)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

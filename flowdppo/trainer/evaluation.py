@@ -19,8 +19,9 @@ import torch
 from flowdppo.config.schema import RunConfig
 from flowdppo.core import gaussian_kl, recompute_step, sample
 from flowdppo.rewards.compute import compute_rewards
-from flowdppo.shapes.evaluate import eval_specs, generate, score_eval
+from flowdppo.shapes.evaluate import eval_specs, score_eval
 from flowdppo.trainer.data import load_prompts
+from flowdppo.trainer.sampling import generate
 from flowdppo.viz import save_grid
 
 

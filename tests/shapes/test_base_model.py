@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from flowdppo.models.shapes import ShapesPolicy, default_checkpoint, load_base_model
-from flowdppo.shapes.evaluate import eval_specs, generate, score_eval
+from flowdppo.shapes.evaluate import eval_specs, score_eval
+from flowdppo.trainer.sampling import generate
 
 STORED = Path(__file__).parent / "data" / "base_small_eval.json"
 

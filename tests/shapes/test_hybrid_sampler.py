@@ -10,7 +10,7 @@ from benchmark_modules import load_benchmark
 from trainer.tiny import build_tiny_checkpoint
 
 from flowdppo.models.shapes import ShapesPolicy
-from flowdppo.shapes.evaluate import generate
+from flowdppo.trainer.sampling import generate
 
 hs = load_benchmark("shapes_hybrid_sampler")
 
