@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from flowdppo.config import RunConfig, dump_config
 from flowdppo.core import AdaptiveDelta, group_advantages, select_train_steps
+from flowdppo.models._diffusers_common import prompt_cache_metrics
 from flowdppo.rewards.compute import RewardError
 from flowdppo.trainer.alarms import check_alarms
 from flowdppo.trainer.build import build_policy, build_run_rewards, resolve_untrained_precision
@@ -221,6 +222,8 @@ class Trainer:
         """One iteration; returns (and logs) its metrics."""
         it = self.iteration
         t0 = time.perf_counter()
+        stats = getattr(self.policy, "cache_stats", None)  # the prompt-embedding cache, if any
+        cache_before = stats() if stats is not None else None
         exp = self.rollout(it)
         metrics = dict(exp.timings)
         metrics.update(self.advantages(exp))
@@ -235,6 +238,8 @@ class Trainer:
             metrics.update(self._kl_metrics(kl_ref))
         if self.trust is not None:
             metrics.update(self._adapt_delta(metrics, it))
+        if stats is not None:
+            metrics.update(prompt_cache_metrics(cache_before, stats(), self._reduce))
         metrics["time/iter_s"] = time.perf_counter() - t0
         floor_note = noise_floor_warning(
             metrics["check/noise_floor_kl"],
