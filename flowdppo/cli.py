@@ -130,42 +130,6 @@ def _resume(a: argparse.Namespace) -> int:
     return _train(a)
 
 
-def _write_eval(metrics: dict, table_md: str, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(metrics, indent=2))
-    (out / "eval.md").write_text(table_md)
-    print(table_md)
-    print(f"written: {out / 'eval.json'}, {out / 'eval.md'}, {out / 'grid.png'}")
-
-
-def _shapes_eval_policy(
-    policy, out: Path, n: int, steps: int, cfg_scale: float, seed: int, split: str = "test"
-) -> None:
-    from flowdppo.shapes.evaluate import eval_specs, markdown_table, score_eval
-    from flowdppo.trainer.sampling import generate
-    from flowdppo.viz import save_grid
-
-    specs = eval_specs(n, split=split)
-    prompts = [s.text for s in specs]
-    images = generate(
-        policy, prompts, steps=steps, guidance_scale=cfg_scale, seed=seed, progress=True
-    )
-    res = score_eval(images, specs)
-    idx = [i for i in range(0, len(specs), max(1, len(specs) // 48))][:48]
-    out.mkdir(parents=True, exist_ok=True)
-    save_grid(
-        images[idx],
-        [prompts[i] for i in idx],
-        out / "grid.png",
-        marks=[bool(res.passed[i]) for i in idx],
-    )
-    title = (
-        f"Shapes evaluation ({split} prompts): {n} samples/category, ODE {steps} steps, "
-        f"CFG {cfg_scale}"
-    )
-    _write_eval({**res.metrics, "table": res.table}, markdown_table(res, title), out)
-
-
 def _eval_dir_name(it: int, split: str, n: int, steps: int, guidance: float, run: RunConfig) -> str:
     """``iter_N`` for the run's own evaluation settings, with a suffix for each one changed
     (``_train``, ``_n100``, ``_steps10``, ``_cfg1``), so that evaluations with other settings
@@ -180,13 +144,16 @@ def _eval_dir_name(it: int, split: str, n: int, steps: int, guidance: float, run
 def _eval(a: argparse.Namespace) -> int:
     from flowdppo.runs import load_run_policy, run_config
     from flowdppo.trainer.build import build_run_rewards
-    from flowdppo.trainer.evaluation import evaluate
+    from flowdppo.trainer.evaluation import evaluate, write_eval
+    from flowdppo.trainer.sources import prompt_source
 
     if a.cfg is not None and not a.cfg >= 1.0:
         raise UserError(f"flowdppo eval: --cfg must be >= 1.0 (1 = no guidance), got {a.cfg}")
     prompts = run_config(a.run).data.eval_prompts
-    shapes = prompts.startswith("shapes:")
-    if a.split != "test" and not shapes:  # checked before the model is loaded
+    source = prompt_source(prompts)
+    report = source.report if source is not None else None
+    splits = source.splits if source is not None and report is not None else ("test",)
+    if a.split not in splits:  # checked before the model is loaded
         raise UserError(
             f"flowdppo eval: --split {a.split} is for Shapes runs; {Path(a.run) / 'config.yaml'} "
             f"evaluates data.eval_prompts={prompts!r}"
@@ -195,11 +162,11 @@ def _eval(a: argparse.Namespace) -> int:
     n, steps = a.n or cfg.eval.per_category, a.steps or cfg.eval.num_inference_steps
     g = cfg.eval_guidance_scale if a.cfg is None else a.cfg
     out = Path(a.run) / "eval" / _eval_dir_name(it, a.split, n, steps, g, cfg)
-    if shapes:
-        _shapes_eval_policy(policy, out, n, steps, g, cfg.eval.seed, a.split)
+    if report is not None:
+        report(policy, out, n, steps, g, cfg.eval.seed, a.split)
         return 0
     m = evaluate(policy, cfg, build_run_rewards(cfg), out / "grid.png", n, steps, g)
-    _write_eval(m, "\n".join(f"- {k}: {v:.4f}" for k, v in m.items()) + "\n", out)
+    write_eval(m, "\n".join(f"- {k}: {v:.4f}" for k, v in m.items()) + "\n", out)
     return 0
 
 
@@ -368,6 +335,7 @@ def _shapes_eval(a: argparse.Namespace) -> int:
     import torch
 
     from flowdppo.models.shapes import ShapesPolicy
+    from flowdppo.shapes.plugin import report
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -375,7 +343,7 @@ def _shapes_eval(a: argparse.Namespace) -> int:
         raise UserError(f"--checkpoint {a.checkpoint} is not a file")
     policy = ShapesPolicy.from_pretrained(a.checkpoint)  # a ValueError naming a bad file
     cfg_scale = policy.default_guidance_scale if a.cfg is None else a.cfg
-    _shapes_eval_policy(policy, Path(a.out), a.n, a.steps, cfg_scale, a.seed, a.split)
+    report(policy, Path(a.out), a.n, a.steps, cfg_scale, a.seed, a.split)
     return 0
 
 

@@ -1,12 +1,12 @@
 """Prompt sources and the per-iteration prompt draw.
 
-A source is ``shapes:train`` / ``shapes:test`` (the shipped Shapes split), optionally restricted
-to categories (``shapes:train:counting,position``), or a ``.txt`` (one prompt a line) / ``.jsonl``
-(``{"prompt": ..., <metadata>...}``) file. The P prompts of iteration i are positions
-``[i·P, (i+1)·P)`` of an endless sequence of seeded permutations (one per epoch), so the data
-cursor is the iteration number itself and resuming needs no other state. With
-``data.balance_key`` (default ``category``) every category weighs the same: Shapes' position
-prompts (560 of 740) would otherwise dominate the draw.
+A source is a registered prefix (``flowdppo.trainer.sources``: ``shapes:train`` / ``shapes:test``,
+the shipped Shapes split, optionally restricted to categories, ``shapes:train:counting,position``),
+or a ``.txt`` (one prompt a line) / ``.jsonl`` (``{"prompt": ..., <metadata>...}``) file. The P
+prompts of iteration i are positions ``[i·P, (i+1)·P)`` of an endless sequence of seeded
+permutations (one per epoch), so the data cursor is the iteration number itself and resuming
+needs no other state. With ``data.balance_key`` (default ``category``) every category weighs the
+same: Shapes' position prompts (560 of 740) would otherwise dominate the draw.
 """
 
 from __future__ import annotations
@@ -17,23 +17,19 @@ from typing import Any
 
 import torch
 
+from flowdppo.trainer.sources import prompt_source
+
 
 def load_prompts(source: str) -> tuple[list[str], list[dict[str, Any]]]:
     """(prompts, metadata) of a prompt source; clear errors for bad sources."""
-    if source.startswith("shapes:"):
-        from flowdppo.shapes.prompts import CATEGORIES, load_split
+    registered = prompt_source(source)
+    if registered is not None:
+        return registered.load(source)
+    return load_file_prompts(source)
 
-        parts = source.split(":")
-        if len(parts) not in (2, 3) or parts[1] not in ("train", "test"):
-            raise ValueError(f"prompt source {source!r}: expected shapes:train|test[:cat,cat]")
-        cats = parts[2].split(",") if len(parts) == 3 else list(CATEGORIES)
-        bad = [c for c in cats if c not in CATEGORIES]
-        if bad:
-            raise ValueError(
-                f"prompt source {source!r}: unknown categories {bad}; expected {list(CATEGORIES)}"
-            )
-        specs = [s for s in load_split(parts[1]) if s.category in cats]
-        return [s.text for s in specs], [{"category": s.category} for s in specs]
+
+def load_file_prompts(source: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """(prompts, metadata) of a ``.txt`` or ``.jsonl`` prompt file (module docstring)."""
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"prompt file {source} does not exist")

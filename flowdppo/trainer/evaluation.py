@@ -1,8 +1,10 @@
 """Periodic evaluation on held-out prompts with the deterministic ODE sampler.
 
-Shapes prompt sources (``shapes:test``) get the GenEval-style table of ``flowdppo.shapes.evaluate``
-(strict accuracy per category, TIFA, FD, diversity); every source is also scored with the run's
-rewards: ``eval/reward_mean`` and ``eval/<reward>``. Both write a sample grid when asked.
+A registered prompt source with an evaluator (``flowdppo.trainer.sources``) samples and scores
+itself: Shapes (``shapes:test``) gets the GenEval-style table of ``flowdppo.shapes.evaluate``
+(strict accuracy per category, TIFA, FD, diversity); any other source's first ``n`` prompts are
+sampled. Every source is also scored with the run's rewards: ``eval/reward_mean`` and
+``eval/<reward>``. Both write a sample grid when asked.
 
 ``eval/kl_base`` (``kl_to_base``) is the exact KL from the policy to the base model along the
 policy's own stochastic trajectories on a fixed set of prompts and noises, the same at every
@@ -11,6 +13,7 @@ evaluation of every run with the same ``eval`` section: the x-axis of a reward-v
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,9 @@ import torch
 from flowdppo.config.schema import RunConfig
 from flowdppo.core import gaussian_kl, recompute_step, sample
 from flowdppo.rewards.compute import compute_rewards
-from flowdppo.shapes.evaluate import eval_specs, score_eval
 from flowdppo.trainer.data import load_prompts
 from flowdppo.trainer.sampling import generate
+from flowdppo.trainer.sources import EvalSamples, prompt_source
 from flowdppo.viz import save_grid
 
 
@@ -41,22 +44,13 @@ def evaluate(
     steps = steps or e.num_inference_steps
     cfg_scale = cfg.eval_guidance_scale if guidance_scale is None else guidance_scale
     source = cfg.data.eval_prompts
-    if source.startswith("shapes:"):
-        parts = source.split(":")
-        from flowdppo.shapes.prompts import CATEGORIES
-
-        cats = tuple(parts[2].split(",")) if len(parts) == 3 else CATEGORIES
-        specs = eval_specs(n, parts[1], cats)
-        prompts = [s.text for s in specs]
-        images = generate(policy, prompts, steps=steps, guidance_scale=cfg_scale, seed=e.seed)
-        res = score_eval(images, specs)
-        metrics, marks = res.metrics, [bool(p) for p in res.passed]
-        meta = [{"category": sp.category} for sp in specs]
+    registered = prompt_source(source)
+    if registered is not None and registered.evaluate is not None:
+        ev = registered.evaluate(policy, source, n, steps, cfg_scale, e.seed)
     else:
-        all_prompts, meta = load_prompts(source)
-        prompts, meta = all_prompts[:n], meta[:n]
-        images = generate(policy, prompts, steps=steps, guidance_scale=cfg_scale, seed=e.seed)
-        metrics, marks = {}, [None] * len(prompts)
+        ev = _sample_prompts(policy, source, n, steps, cfg_scale, e.seed)
+    prompts, meta, images, marks = ev.prompts, ev.metadata, ev.images, ev.marks
+    metrics = dict(ev.metrics)
     metrics.update(_reward_metrics(rewards, images, prompts, meta))
     if e.kl_samples > 0:
         metrics["eval/kl_base"] = kl_to_base(policy, cfg, prompts, e.kl_samples, e.seed)
@@ -64,6 +58,25 @@ def evaluate(
         idx = _spread(len(prompts), 32)
         save_grid(images[idx], [prompts[i] for i in idx], grid_path, marks=[marks[i] for i in idx])
     return metrics
+
+
+def _sample_prompts(
+    policy: Any, source: str, n: int, steps: int, guidance_scale: float, seed: int
+) -> EvalSamples:
+    """ODE samples of the source's first ``n`` prompts, with no metrics and no marks."""
+    prompts, meta = load_prompts(source)
+    prompts, meta = prompts[:n], meta[:n]
+    images = generate(policy, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed)
+    return EvalSamples(prompts, meta, images, {}, [None] * len(prompts))
+
+
+def write_eval(metrics: dict, table_md: str, out: Path) -> None:
+    """``flowdppo eval``'s files: ``out/eval.json`` (the metrics) and ``eval.md`` (printed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+    (out / "eval.md").write_text(table_md)
+    print(table_md)
+    print(f"written: {out / 'eval.json'}, {out / 'eval.md'}, {out / 'grid.png'}")
 
 
 def _reward_metrics(rewards: list, images, prompts: list[str], meta: list[dict]) -> dict:
