@@ -33,7 +33,10 @@ def load_parameters(
     if missing or unexpected:
         raise KeyError(
             f"{who}: key mismatch; missing {missing[:5]} ({len(missing)} total), "
-            f"unexpected {unexpected[:5]} ({len(unexpected)} total)"
+            f"unexpected {unexpected[:5]} ({len(unexpected)} total); a run whose config.yaml "
+            "has model.lora_target_modules: null was trained with the defaults of its version "
+            "(before to_add_out joined them: to_q, to_k, to_v, to_out.0, add_q_proj, add_k_proj, "
+            "add_v_proj): set model.lora_target_modules to the targets it used"
         )
     with torch.no_grad():
         for name, param in params.items():

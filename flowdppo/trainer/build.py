@@ -41,6 +41,12 @@ def _diffusers(family: str) -> Callable[[ModelConfig, torch.device, float | None
             from flowdppo.models.sd3 import SD3Policy as cls
         else:
             from flowdppo.models.flux import FluxPolicy as cls
+        if cfg.lora_target_modules is None and not cfg.full_finetune:
+            from flowdppo.models._diffusers_common import DEFAULT_LORA_TARGETS
+
+            # Resolved into the run's saved config: a later change of the default must not
+            # change which adapters a resumed or exported run expects.
+            cfg.lora_target_modules = list(DEFAULT_LORA_TARGETS)
         kwargs: dict[str, Any] = {
             "device": device,
             "dtype": _dtype(cfg, device),

@@ -66,6 +66,17 @@ def test_trainer_runs_two_iterations_on_policy_and_trains_only_lora(family, tmp_
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed and any(".lora_B." in n for n in changed)
     assert all(n.startswith("transformer.") and ".lora_" in n for n in changed), sorted(changed)
+    # The default LoRA targets (to_add_out among them) are written into the run's config, so a
+    # later change of the default cannot change what a resume or an export expects.
+    import yaml
+
+    from flowdppo.models._diffusers_common import DEFAULT_LORA_TARGETS
+
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"]["lora_target_modules"] == DEFAULT_LORA_TARGETS
+    assert "to_add_out" in DEFAULT_LORA_TARGETS
+    if family.name == "sd3":  # FLUX's single blocks have none; its double blocks do
+        assert any(".to_add_out.lora_B." in n for n in changed)
 
 
 def test_compiled_transformer_trains_on_policy(family, tmp_path) -> None:
