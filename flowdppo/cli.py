@@ -24,23 +24,9 @@ import os
 import sys
 from pathlib import Path
 
-from flowdppo.config import ConfigError
+from flowdppo.cli_errors import UserError, run_command
+from flowdppo.config.flags import positive_int
 from flowdppo.config.schema import RunConfig
-
-
-class UserError(Exception):
-    """A bad argument or input: printed as one line, exit code 2."""
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an int >= 1 (argparse reports anything else, exit code 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def _start_over_note(out: Path, why: str) -> None:
@@ -291,81 +277,7 @@ def _demo(a: argparse.Namespace) -> int:
     return 0
 
 
-def _category_weights(items: list[str] | None) -> dict[str, float] | None:
-    """``["position=3", ...]`` → {"position": 3.0}; the names and values are checked by
-    ``flowdppo.shapes.pretrain`` (a ValueError naming the flag)."""
-    if not items:
-        return None
-    out: dict[str, float] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            out[name] = float(value) if sep else float("nan")
-        except ValueError:
-            out[name] = float("nan")
-    return out
-
-
-def _shapes_pretrain(a: argparse.Namespace) -> int:
-    from flowdppo.shapes.pretrain import PretrainConfig, pretrain
-
-    cfg = PretrainConfig(
-        steps=a.steps,
-        seed=a.seed,
-        threads=a.threads,
-        lr=a.lr,
-        init=a.init,
-        sigma_logit_mean=a.sigma_logit_mean,
-        category_weights=_category_weights(a.category_weight),
-        prior_batch=a.prior_batch,
-        prior_scenes=a.prior_scenes,
-        prior_weight=a.prior_weight,
-        prior_categories=a.prior_category,
-        flow_weight=a.flow_weight,
-        caption_noise=a.caption_noise,
-        caption_noise_kind=a.caption_noise_kind,
-    )
-    from flowdppo.shapes.model import ShapesModelConfig
-
-    print(pretrain(a.out, cfg, ShapesModelConfig(velocity_skip=a.velocity_skip)))
-    return 0
-
-
-def _shapes_eval(a: argparse.Namespace) -> int:
-    import torch
-
-    from flowdppo.models.shapes import ShapesPolicy
-    from flowdppo.shapes.plugin import report
-
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    if a.checkpoint is not None and not Path(a.checkpoint).is_file():
-        raise UserError(f"--checkpoint {a.checkpoint} is not a file")
-    policy = ShapesPolicy.from_pretrained(a.checkpoint)  # a ValueError naming a bad file
-    cfg_scale = policy.default_guidance_scale if a.cfg is None else a.cfg
-    report(policy, Path(a.out), a.n, a.steps, cfg_scale, a.seed, a.split)
-    return 0
-
-
-def _shapes_render(a: argparse.Namespace) -> int:
-    import numpy as np
-
-    from flowdppo.shapes.prompts import parse_prompt, sample_scenes
-    from flowdppo.shapes.render import render
-    from flowdppo.viz import save_grid
-
-    spec = parse_prompt(a.prompt)
-    images = render(
-        sample_scenes([spec] * a.n, np.random.default_rng(a.seed)), antialias=a.antialias
-    )
-    print(save_grid(images, [spec.text] * a.n, a.out, cols=min(a.n, 4)))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from flowdppo.shapes.pretrain import PretrainConfig
-    from flowdppo.shapes.prompts import NOISE_KINDS
-
     p = argparse.ArgumentParser(
         prog="flowdppo",
         description="Flow-DPPO: online RL for flow-matching generators",
@@ -387,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--max-iters",
-        type=_positive_int,
+        type=positive_int,
         help="stop after this many iterations (default train.max_iters); the run's horizon, "
         "which the cosine lr decays over, stays train.max_iters, so a stopped run resumes "
         "exactly: to lengthen a run use --set train.max_iters=N",
@@ -410,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint starts over)",
     )
     r.add_argument("run")
-    r.add_argument("--max-iters", type=_positive_int, help="stop after this many iterations")
+    r.add_argument("--max-iters", type=positive_int, help="stop after this many iterations")
     r.add_argument(
         "--set",
         action="append",
@@ -424,10 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run's latest checkpoint (EMA if kept)")
     e.add_argument("--run", required=True)
     e.add_argument(
-        "--n", type=_positive_int, help="samples per category (default eval.per_category)"
+        "--n", type=positive_int, help="samples per category (default eval.per_category)"
     )
     e.add_argument(
-        "--steps", type=_positive_int, help="ODE steps (default eval.num_inference_steps)"
+        "--steps", type=positive_int, help="ODE steps (default eval.num_inference_steps)"
     )
     e.add_argument("--cfg", type=float, help="guidance scale (default: the run's evaluation CFG)")
     e.add_argument(
@@ -441,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample a run's policy into a PNG grid")
     s.add_argument("--run", required=True)
     s.add_argument("--prompt", action="append", required=True)
-    s.add_argument("--n", type=_positive_int, default=4, help="samples per prompt")
-    s.add_argument("--steps", type=_positive_int)
+    s.add_argument("--n", type=positive_int, default=4, help="samples per prompt")
+    s.add_argument("--steps", type=positive_int)
     s.add_argument("--cfg", type=float, help="guidance scale (default eval.guidance_scale)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
@@ -477,153 +389,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     d.set_defaults(func=_demo)
-    sh = sub.add_parser("shapes", help="the embedded Shapes benchmark").add_subparsers(
-        dest="shapes_command", required=True
-    )
-    sp = sh.add_parser("pretrain", help="pretrain the Shapes base model (resumable)")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--steps", type=_positive_int, default=PretrainConfig.steps)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--threads", type=int, default=1)
-    sp.add_argument("--lr", type=float, default=PretrainConfig.lr, help="peak learning rate")
-    sp.add_argument(
-        "--init", default=None, help="continue from a Shapes .safetensors (e.g. the shipped base)"
-    )
-    sp.add_argument(
-        "--sigma-logit-mean",
-        type=float,
-        default=PretrainConfig.sigma_logit_mean,
-        help="location of the logit-normal σ distribution (> 0: more high-noise training)",
-    )
-    sp.add_argument(
-        "--category-weight",
-        action="append",
-        metavar="CATEGORY=W",
-        help="relative weight of a prompt category in each batch (others weigh 1; repeatable)",
-    )
-    sp.add_argument(
-        "--velocity-skip",
-        action="store_true",
-        help="model v = σ·x + network (ShapesModelConfig.velocity_skip); with --init, the init must have it too",
-    )
-    sp.add_argument(
-        "--prior-batch",
-        type=int,
-        default=PretrainConfig.prior_batch,
-        help="prompts per step of the σ = 1 prior term, whose target is a mean of renders (0 = off)",
-    )
-    sp.add_argument(
-        "--prior-scenes",
-        type=int,
-        default=PretrainConfig.prior_scenes,
-        help="renders averaged into each prior target",
-    )
-    sp.add_argument(
-        "--prior-weight",
-        type=float,
-        default=PretrainConfig.prior_weight,
-        help="weight of the prior term beside the flow-matching loss",
-    )
-    sp.add_argument(
-        "--prior-category",
-        action="append",
-        metavar="CATEGORY",
-        help="draw the prior term's prompts from this category only (repeatable; default: "
-        "like the main batch)",
-    )
-    sp.add_argument(
-        "--flow-weight",
-        type=float,
-        default=PretrainConfig.flow_weight,
-        help="weight of the flow-matching loss (0: the prior term alone)",
-    )
-    sp.add_argument(
-        "--caption-noise",
-        type=float,
-        default=PretrainConfig.caption_noise,
-        help="fraction of two_object/color_attr/counting/position training images rendered from "
-        "a scene their prompt gets wrong (noisy captions; 0 = clean)",
-    )
-    sp.add_argument(
-        "--caption-noise-kind",
-        choices=NOISE_KINDS,
-        default=PretrainConfig.caption_noise_kind,
-        help="what a noisy caption gets wrong: one compositional detail (a count off by one, the "
-        "opposite relation, swapped colours, the first object twice) or an object it does not "
-        "mention (the image holds one more)",
-    )
-    sp.set_defaults(func=_shapes_pretrain)
-    se = sh.add_parser(
-        "eval", help="GenEval-style table of a Shapes checkpoint (default: the shipped base)"
-    )
-    se.add_argument("--checkpoint", help="a Shapes .safetensors (default: the shipped base model)")
-    se.add_argument("--steps", type=_positive_int, default=40)
-    se.add_argument(
-        "--cfg", type=float, default=None, help="guidance scale (default: the checkpoint's)"
-    )
-    se.add_argument("--n", type=_positive_int, default=100, help="samples per category")
-    se.add_argument(
-        "--split", choices=["test", "train"], default="test", help="which prompts to evaluate on"
-    )
-    se.add_argument("--seed", type=int, default=1234)
-    se.add_argument("--threads", type=int, default=0)
-    se.add_argument("--out", default="shapes_eval")
-    se.set_defaults(func=_shapes_eval)
-    sr = sh.add_parser("render", help="render a prompt with the world's renderer")
-    sr.add_argument("--prompt", required=True)
-    sr.add_argument("--n", type=_positive_int, default=4)
-    sr.add_argument("--seed", type=int, default=0)
-    sr.add_argument("--antialias", action="store_true")
-    sr.add_argument("--out", required=True)
-    sr.set_defaults(func=_shapes_render)
     from flowdppo.compare.cli import register_cli as register_compare
-    from flowdppo.rewards.server import register_cli
+    from flowdppo.rewards.server import register_cli as register_server
+    from flowdppo.shapes.cli import register_cli as register_shapes
 
-    register_cli(sub)
+    register_shapes(sub)
+    register_server(sub)
     register_compare(sub)
     return p
-
-
-# User errors (exit 2): bad arguments, config, input files and directories. ConfigError and
-# UnicodeDecodeError are ValueErrors; OSError covers a path that is a folder, unreadable or full.
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ConfigError, ValueError, OSError)
-
-
-def _run_errors() -> tuple[type[BaseException], ...]:
-    """Run-time failures (exit 1), reported in one line: a reward, non-finite training."""
-    from flowdppo.rewards.compute import RewardError
-    from flowdppo.trainer.update import NonFiniteError
-
-    return (RewardError, NonFiniteError)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("FLOWDPPO_DEBUG", "") not in ("", "0")
     args = build_parser().parse_args([x for x in argv if x != "--debug"])
-    try:
-        return int(args.func(args) or 0)
-    except SystemExit as stop:  # a command's own one-line refusal: a user error
-        if debug or not isinstance(stop.code, str):
-            raise
-        print(f"error: {stop.code}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: nothing saved
-        if debug:
-            raise
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:
-        if debug:
-            raise
-        if isinstance(err, USER_ERRORS):
-            code = 2
-        elif isinstance(err, _run_errors()):
-            code = 1
-        else:
-            raise  # a bug: the traceback is what a report needs
-        print(f"error: {err}", file=sys.stderr)
-        return code
+    return run_command(args.func, args, debug)
 
 
 if __name__ == "__main__":

@@ -234,7 +234,8 @@ def test_a_stop_signal_saves_the_last_whole_iteration_and_resumes(ckpt, tmp_path
 
 
 def test_pretrain_category_weights_are_parsed_and_checked(tmp_path) -> None:
-    from flowdppo.cli import _category_weights, main
+    from flowdppo.cli import main
+    from flowdppo.config.flags import float_pairs as _category_weights
     from flowdppo.shapes.pretrain import PretrainConfig, pretrain
 
     assert _category_weights(None) is None

@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -41,62 +41,8 @@ from flowdppo.shapes.prompts import (
     sample_scenes,
     split_by_category,
 )
+from flowdppo.shapes.recipe import PretrainConfig
 from flowdppo.shapes.render import render
-
-
-@dataclass
-class PretrainConfig:
-    """Recipe of the Shapes pretraining run (saved with the result)."""
-
-    steps: int = 2400
-    batch_size: int = 128
-    lr: float = 5e-4
-    warmup_steps: int = 100
-    final_lr_frac: float = 0.1  # cosine decay to lr * final_lr_frac
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.995
-    p_uncond: float = 0.1
-    # σ ~ sigmoid(N(sigma_logit_mean, 1)) (SD3's logit-normal; 0 = centred at σ = 0.5). A positive
-    # mean spends more of the batch at high noise, where the layout (which object goes where,
-    # which colour on which shape) is decided.
-    sigma_logit_mean: float = 0.0
-    seed: int = 0
-    threads: int = 1
-    checkpoint_every_s: float = 120.0
-    # Start from these weights (a Shapes .safetensors, e.g. the shipped base) instead of a random
-    # initialisation: continued pretraining. Model and EMA both start from them; the optimizer
-    # starts fresh (a shipped checkpoint holds no optimizer state).
-    init: str | None = None
-    # Relative weight of each category in a batch (missing categories weigh 1); None = uniform,
-    # drawn exactly as the shipped base's stages were. E.g. {"position": 3.0} puts 3/8 of every
-    # batch on position prompts.
-    category_weights: dict[str, float] | None = None
-    # The σ = 1 prior term (module docstring): prompts per step (0 = off), renders averaged per
-    # prompt for its target, and its weight beside the flow-matching loss.
-    prior_batch: int = 0
-    prior_scenes: int = 16
-    prior_weight: float = 1.0
-    # Categories the prior term draws its prompts from (uniformly); None = drawn like the main
-    # batch. ["position"] spends the term where the prior depends on the prompt's word order.
-    prior_categories: list[str] | None = None
-    # Weight of the flow-matching loss; 0 trains on the prior term alone (a staged recipe: the
-    # σ = 1 layout prior first, docs/experiments/spatial-relation.md), skipping the main batch.
-    flow_weight: float = 1.0
-    # Recommended sampling of the result, written into the checkpoint's metadata (chosen by
-    # evaluating shift × CFG on the test prompts; see docs/shapes.md, "The base model").
-    sample_shift: float = 1.0
-    sample_guidance_scale: float = 3.0
-    # Noisy captions (docs/shapes.md, "Noisy captions"): the fraction of training images of the
-    # compositional categories (prompts.MISCAPTIONED) rendered from a scene that their prompt
-    # gets wrong in one detail (prompts.miscaption: a count off by one, the opposite relation,
-    # swapped colours, the same object twice), as web alt-text is wrong. The model then puts that
-    # much of its mass on the wrong scene, an alternative it can draw, not a skill it lacks (what
-    # RL makes of such failures: docs/experiments/base-model.md). 0 = clean.
-    caption_noise: float = 0.0
-    # What a noisy caption gets wrong (prompts.NOISE_KINDS): "detail" (above) or "unmentioned"
-    # (the image holds one object more than its caption names: alt-text under-describes).
-    caption_noise_kind: str = "detail"
 
 
 def _check_recipe(cfg: PretrainConfig) -> None:
