@@ -8,6 +8,7 @@ Defaults are the Shapes + Flow-DPPO recipe of ``docs/tuning.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -282,15 +283,24 @@ class LossConfig:
             "null or a number > 0",
         )
 
-    def hparams(self) -> dict[str, Any]:
-        """The keyword arguments of the chosen core loss."""
-        from flowdppo.core import DEFAULT_CLIP_RANGE
+    def params(self) -> Any:
+        """The typed parameters of the chosen core loss (``flowdppo.core.LOSS_PARAMS``): each of
+        its fields from the key of this section with its name (``scale``: ``guard_scale``); a
+        null ``clip_range`` is the loss's published default."""
+        from flowdppo.core import loss_params
 
-        if self.name == "flow_dppo":
-            return {"delta": self.delta, "divergence": self.divergence, "reduction": self.reduction}
-        eps = DEFAULT_CLIP_RANGE[self.name] if self.clip_range is None else self.clip_range
-        out = {"clip_range": eps, "reduction": self.reduction}
-        return {**out, "scale": self.guard_scale} if self.name == "grpo_guard" else out
+        offered = {
+            "delta": self.delta,
+            "divergence": self.divergence,
+            "reduction": self.reduction,
+            "clip_range": self.clip_range,
+            "scale": self.guard_scale,
+        }
+        return loss_params(self.name, offered, only_known=True)
+
+    def hparams(self) -> dict[str, Any]:
+        """The keyword arguments of the chosen core loss: ``params()`` as a dict."""
+        return dataclasses.asdict(self.params())
 
 
 @dataclass

@@ -18,10 +18,11 @@ Metrics (python floats, averaged over the terms of this call):
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,6 +31,77 @@ from ._util import check_positive, check_reduction
 from .divergence import gaussian_kl, get_divergence
 
 MAX_LOG_RATIO = 20.0
+
+# The ε each clipped loss is published with, in the "mean" unit: Flow-GRPO's 1e-4 and
+# GRPO-Guard's 2e-6 (its RatioNorm ratio exp(c·(Δlogp + bias)), c = s_k, moves less than ρ).
+DEFAULT_CLIP_RANGE: dict[str, float] = {"ratio_clip": 1e-4, "grpo_guard": 2e-6}
+
+
+@dataclass(frozen=True)
+class FlowDPPOParams:
+    """Hyper-parameters of ``flow_dppo_loss``: δ > 0 in the unit of ``divergence`` ("kl" | "tv")."""
+
+    delta: float
+    divergence: str = "kl"
+    reduction: str = "mean"
+
+
+@dataclass(frozen=True)
+class RatioClipParams:
+    """Hyper-parameters of ``ratio_clip_loss``: ε > 0 (default Flow-GRPO's)."""
+
+    clip_range: float = DEFAULT_CLIP_RANGE["ratio_clip"]
+    reduction: str = "mean"
+
+
+@dataclass(frozen=True)
+class GRPOGuardParams:
+    """Hyper-parameters of ``grpo_guard_loss``: ε > 0 (default GRPO-Guard's), ``scale`` "term" |
+    "batch"."""
+
+    clip_range: float = DEFAULT_CLIP_RANGE["grpo_guard"]
+    reduction: str = "mean"
+    scale: str = "term"
+
+
+LossFn = Callable[..., "LossOutput"]
+LOSSES: dict[str, LossFn] = {}
+LOSS_PARAMS: dict[str, type] = {}  # name -> the loss's parameter dataclass
+
+
+def register_loss(name: str, params: type) -> Callable[[LossFn], LossFn]:
+    """Decorator: register a loss ``fn(inp, **fields of params)`` under ``name`` with its typed
+    parameter dataclass ``params``."""
+
+    def deco(fn: LossFn) -> LossFn:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is already registered")
+        LOSSES[name], LOSS_PARAMS[name] = fn, params
+        return fn
+
+    return deco
+
+
+def loss_params(name: str, values: dict[str, Any], *, only_known: bool = False) -> Any:
+    """The parameter dataclass of loss ``name`` from ``values``; a value of None keeps the field's
+    default. An unknown key is a ``ValueError`` listing the valid ones (``only_known``: ignored),
+    a missing required one a ``ValueError`` naming it."""
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
+    cls = LOSS_PARAMS[name]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown and not only_known:
+        raise ValueError(
+            f"loss {name!r} got unknown hyper-parameter(s) {unknown}; valid: {sorted(fields)}"
+        )
+    given = {k: v for k, v in values.items() if k in fields and v is not None}
+    missing = sorted(
+        k for k, f in fields.items() if k not in given and f.default is dataclasses.MISSING
+    )
+    if missing:
+        raise ValueError(f"loss {name!r} needs hyper-parameter(s) {missing}")
+    return cls(**given)
 
 
 @dataclass(frozen=True)
@@ -155,6 +227,7 @@ def dppo_drop(div: Tensor, log_ratio: Tensor, adv: Tensor, delta: float) -> Tens
     return (div >= delta) & ((up & (adv > 0)) | (down & (adv < 0)))
 
 
+@register_loss("flow_dppo", FlowDPPOParams)
 def flow_dppo_loss(
     inp: LossInputs, *, delta: float, divergence: str = "kl", reduction: str = "mean"
 ) -> LossOutput:
@@ -207,6 +280,7 @@ def _clipped_terms(
     return per_term, {"clip/frac": high + low, "clip/frac_high": high, "clip/frac_low": low}
 
 
+@register_loss("ratio_clip", RatioClipParams)
 def ratio_clip_loss(inp: LossInputs, *, clip_range: float, reduction: str = "mean") -> LossOutput:
     """Flow-GRPO's PPO ratio clipping (docs/algorithm.md §4, baseline).
 
@@ -225,6 +299,7 @@ def ratio_clip_loss(inp: LossInputs, *, clip_range: float, reduction: str = "mea
     return LossOutput(loss, metrics)
 
 
+@register_loss("grpo_guard", GRPOGuardParams)
 def grpo_guard_loss(
     inp: LossInputs, *, clip_range: float, reduction: str = "mean", scale: str = "term"
 ) -> LossOutput:
@@ -281,18 +356,6 @@ def clip_advantages(adv: Tensor, max_abs: float) -> Tensor:
     return adv.clamp(-max_abs, max_abs)
 
 
-# The ε each clipped loss is published with, in the "mean" unit: Flow-GRPO's 1e-4 and
-# GRPO-Guard's 2e-6 (its RatioNorm ratio exp(c·(Δlogp + bias)), c = s_k, moves less than ρ).
-DEFAULT_CLIP_RANGE: dict[str, float] = {"ratio_clip": 1e-4, "grpo_guard": 2e-6}
-
-LossFn = Callable[..., LossOutput]
-LOSSES: dict[str, LossFn] = {
-    "flow_dppo": flow_dppo_loss,
-    "ratio_clip": ratio_clip_loss,
-    "grpo_guard": grpo_guard_loss,
-}
-
-
 def compute_loss(
     name: str,
     inp: LossInputs,
@@ -303,25 +366,21 @@ def compute_loss(
 ) -> LossOutput:
     """The loss ``LOSSES[name](inp, **hparams)`` plus ``beta * reference_kl`` when ``beta > 0``.
 
-    ``adv_clip``: clip |A| to this value first (None: no clipping). The reference KL uses the
-    ``reduction`` in ``hparams`` (default "mean"). Adds ``kl/ref_mean`` and ``loss/total``.
+    ``hparams`` are the fields of the loss's parameter dataclass (``LOSS_PARAMS[name]``; unknown
+    or missing ones are a ``ValueError``). ``adv_clip``: clip |A| to this value first (None: no
+    clipping). The reference KL uses the loss's ``reduction``. Adds ``kl/ref_mean`` and
+    ``loss/total``.
     """
-    if name not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
+    params = loss_params(name, hparams)
     if not (math.isfinite(beta) and beta >= 0):
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-    fn = LOSSES[name]
-    params = inspect.signature(fn).parameters
-    unknown = sorted(set(hparams) - set(params) | ({"inp"} & set(hparams)))
-    if unknown:
-        valid = sorted(p for p in params if p != "inp")
-        raise ValueError(f"loss {name!r} got unknown hyper-parameter(s) {unknown}; valid: {valid}")
     if adv_clip is not None:
         inp = replace(inp, advantages=clip_advantages(inp.advantages, adv_clip))
-    out = fn(inp, **hparams)
+    kwargs = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    out = LOSSES[name](inp, **kwargs)
     loss, metrics = out.loss, dict(out.metrics)
     if beta > 0:
-        kl_ref = reference_kl(inp, str(hparams.get("reduction", "mean")))
+        kl_ref = reference_kl(inp, str(kwargs.get("reduction", "mean")))
         loss = loss + beta * kl_ref
         metrics["kl/ref_mean"] = kl_ref.item()
     metrics["loss/total"] = loss.item()

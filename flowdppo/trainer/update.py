@@ -10,6 +10,7 @@ mini-batch, however it is split (the batch × accumulation invariance of STYLE.m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -149,11 +150,15 @@ def _micro_loss(
         mean_ref=None if exp.mean_ref is None else exp.mean_ref[i, s],  # only β > 0 needs it
         step_size=(exp.sigma[s] - exp.sigma_next[s]),
     )
-    hparams = cfg.loss.hparams()
+    params = cfg.loss.params()
     if delta is not None:  # the adaptive δ of this iteration (loss.delta_schedule: adaptive)
-        hparams["delta"] = delta
+        params = dataclasses.replace(params, delta=delta)
     out = compute_loss(
-        cfg.loss.name, inp, beta=cfg.loss.beta, adv_clip=cfg.loss.adv_clip, **hparams
+        cfg.loss.name,
+        inp,
+        beta=cfg.loss.beta,
+        adv_clip=cfg.loss.adv_clip,
+        **dataclasses.asdict(params),
     )
     return out, (new, i, s)
 

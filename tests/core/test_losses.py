@@ -354,3 +354,35 @@ def test_loss_inputs_reject_mismatched_shapes(field, value, match):
 
 def test_registry_names():
     assert set(LOSSES) == {"flow_dppo", "ratio_clip", "grpo_guard"}
+
+
+def test_each_loss_is_registered_with_a_parameter_dataclass_of_its_keywords():
+    import dataclasses
+    import inspect
+
+    from flowdppo.core.losses import (
+        DEFAULT_CLIP_RANGE,
+        LOSS_PARAMS,
+        FlowDPPOParams,
+        GRPOGuardParams,
+        RatioClipParams,
+        loss_params,
+    )
+
+    assert dict(LOSS_PARAMS) == {
+        "flow_dppo": FlowDPPOParams,
+        "ratio_clip": RatioClipParams,
+        "grpo_guard": GRPOGuardParams,
+    }
+    for name, cls in LOSS_PARAMS.items():  # the dataclass names the function's keywords
+        kw = [p for p in inspect.signature(LOSSES[name]).parameters if p != "inp"]
+        assert sorted(f.name for f in dataclasses.fields(cls)) == sorted(kw), name
+    assert loss_params("ratio_clip", {}).clip_range == DEFAULT_CLIP_RANGE["ratio_clip"]
+    assert loss_params("grpo_guard", {"clip_range": None}) == GRPOGuardParams(clip_range=2e-6)
+    assert loss_params("flow_dppo", {"delta": 1e-6, "scale": "x"}, only_known=True) == (
+        FlowDPPOParams(delta=1e-6)
+    )
+    with pytest.raises(ValueError, match=r"'flow_dppo' needs hyper-parameter\(s\) \['delta'\]"):
+        compute_loss("flow_dppo", _inputs([0.0], [1.0], [0.0]))
+    with pytest.raises(ValueError, match=r"unknown hyper-parameter\(s\) \['scale'\]; valid"):
+        loss_params("ratio_clip", {"scale": "term"})
