@@ -19,72 +19,28 @@ a run directory that cannot be used), one line without a traceback (``--debug`` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from flowdppo.cli_errors import UserError, run_command
 from flowdppo.config.flags import positive_int
-from flowdppo.config.schema import RunConfig
-
-
-def _start_over_note(out: Path, why: str) -> None:
-    """Clear what a run stopped before its first checkpoint left, and say so."""
-    from flowdppo.runs import clear_unsaved_run
-
-    gone = clear_unsaved_run(out)
-    if gone:
-        print(f"{out}: {why}; starting it over (removed: {', '.join(gone)})", file=sys.stderr)
-
-
-def _resume_config(a: argparse.Namespace, out: Path) -> RunConfig:
-    """The config of a resumed run: the saved one, or the given one (``CONFIG``, ``--set``) if
-    it equals the saved one up to ``RESUME_SAFE_KEYS``, or with ``--allow-config-change`` (the
-    change is appended to ``RUN/config_changes.jsonl``)."""
-    from flowdppo.config import load_config
-    from flowdppo.runs import RESUME_SAFE_KEYS, config_changes, run_config
-
-    saved = run_config(out)  # a clear error when --out is not a run directory
-    cfg = load_config(out / "config.yaml" if a.config is None else a.config, a.set)
-    if cfg.sampling.untrained_precision == "auto":  # what auto picked is saved: keep it
-        cfg.sampling.untrained_precision = saved.sampling.untrained_precision
-    changed = config_changes(saved, cfg)
-    unsafe = {k: v for k, v in changed.items() if k not in RESUME_SAFE_KEYS}
-    if unsafe and not a.allow_config_change:
-        shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in unsafe.items())
-        raise UserError(
-            f"resuming {out} with a changed config ({shown}) would not continue the same run; "
-            "pass --allow-config-change to go on anyway (recorded in config_changes.jsonl), or "
-            "start a new run with another --out"
-        )
-    if changed:
-        from flowdppo.trainer.checkpoint import latest_checkpoint
-
-        ckpt = latest_checkpoint(out)
-        row = {
-            "iter": int(ckpt.name.split("_")[1]) if ckpt else 0,
-            "changes": {k: [old, new] for k, (old, new) in changed.items()},
-        }
-        with (out / "config_changes.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"{out}: resuming with config changes {sorted(changed)}", file=sys.stderr)
-    return cfg
 
 
 def _train(a: argparse.Namespace) -> int:
     from flowdppo.config import load_config
-    from flowdppo.runs import RUN_FILES, has_checkpoint
+    from flowdppo.runs import RUN_FILES, has_checkpoint, resume_config, start_over
     from flowdppo.trainer.trainer import StopRequested, Trainer
 
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     if a.resume and has_checkpoint(out):
-        cfg = _resume_config(a, out)
+        cfg = resume_config(out, a.config, a.set, a.allow_config_change)
     elif a.resume:  # stopped before its first checkpoint: nothing to resume, start over
         cfg = load_config(out / "config.yaml" if a.config is None else a.config, a.set)
-        _start_over_note(out, "the run saved no checkpoint before it stopped")
+        start_over(out, "the run saved no checkpoint before it stopped")
     else:
         cfg = load_config(a.config, a.set)
         if has_checkpoint(out):
@@ -92,7 +48,7 @@ def _train(a: argparse.Namespace) -> int:
                 f"{out} already holds a run; use `flowdppo resume {out}` or another --out"
             )
         if any((out / f).exists() for f in (*RUN_FILES, "checkpoints")):
-            _start_over_note(out, "it holds a run stopped before its first checkpoint")
+            start_over(out, "it holds a run stopped before its first checkpoint")
     trainer = Trainer(cfg, out, resume=a.resume and has_checkpoint(out))
     if cfg.model.compile:
         print(
@@ -116,19 +72,8 @@ def _resume(a: argparse.Namespace) -> int:
     return _train(a)
 
 
-def _eval_dir_name(it: int, split: str, n: int, steps: int, guidance: float, run: RunConfig) -> str:
-    """``iter_N`` for the run's own evaluation settings, with a suffix for each one changed
-    (``_train``, ``_n100``, ``_steps10``, ``_cfg1``), so that evaluations with other settings
-    never overwrite each other."""
-    ev = run.eval
-    name = f"iter_{it:06d}" + ("_train" if split == "train" else "")
-    name += f"_n{n}" if n != ev.per_category else ""
-    name += f"_steps{steps}" if steps != ev.num_inference_steps else ""
-    return name + (f"_cfg{guidance:g}" if guidance != run.eval_guidance_scale else "")
-
-
 def _eval(a: argparse.Namespace) -> int:
-    from flowdppo.runs import load_run_policy, run_config
+    from flowdppo.runs import eval_dir_name, load_run_policy, run_config
     from flowdppo.trainer.build import build_run_rewards
     from flowdppo.trainer.evaluation import evaluate, write_eval
     from flowdppo.trainer.sources import prompt_source
@@ -147,7 +92,7 @@ def _eval(a: argparse.Namespace) -> int:
     policy, cfg, it = load_run_policy(a.run, require_checkpoint=True)
     n, steps = a.n or cfg.eval.per_category, a.steps or cfg.eval.num_inference_steps
     g = cfg.eval_guidance_scale if a.cfg is None else a.cfg
-    out = Path(a.run) / "eval" / _eval_dir_name(it, a.split, n, steps, g, cfg)
+    out = Path(a.run) / "eval" / eval_dir_name(it, a.split, n, steps, g, cfg)
     if report is not None:
         report(policy, out, n, steps, g, cfg.eval.seed, a.split)
         return 0
@@ -182,7 +127,7 @@ def _sample(a: argparse.Namespace) -> int:
 def _plot_ratio(a: argparse.Namespace) -> int:
     """``plot --diagnostic ratio``: |ρ − 1| against the exact KL of each run's sampled terms."""
     from flowdppo.core import DEFAULT_CLIP_RANGE
-    from flowdppo.diagnostics import by_step, plot_ratio, read_terms
+    from flowdppo.diagnostics import plot_ratio, ratio_table, read_terms
     from flowdppo.runs import run_config
 
     cfg = run_config(a.run[0])
@@ -195,16 +140,7 @@ def _plot_ratio(a: argparse.Namespace) -> int:
     out = Path(a.out if a.out != "curves.png" else "ratio_kl.png")
     print(plot_ratio(groups, out, delta, eps))
     for name, terms in groups.items():
-        print(f"{name} (δ = {delta:g}, ε = {eps:g}):")
-        print(
-            "| step | terms | mean KL | mean abs(ρ−1) | corr | clip | mask | clip only | mask only |"
-        )
-        for r in by_step(terms, delta, eps):
-            print(
-                f"| {r['step']} | {r['terms']} | {r['kl_mean']:.2e} | "
-                f"{r['abs_rho_minus_1_mean']:.2e} | {r['corr']:.2f} | {r['clip_frac']:.3f} | "
-                f"{r['mask_frac']:.3f} | {r['clip_only_frac']:.3f} | {r['mask_only_frac']:.3f} |"
-            )
+        print(ratio_table(name, terms, delta, eps))
     return 0
 
 
@@ -241,18 +177,17 @@ def _export(a: argparse.Namespace) -> int:
 def _demo(a: argparse.Namespace) -> int:
     from flowdppo.config import load_config
     from flowdppo.plots import plot_runs
-    from flowdppo.runs import RUN_FILES, has_checkpoint
+    from flowdppo.runs import RUN_FILES, has_checkpoint, resume_config, start_over
     from flowdppo.trainer.trainer import StopRequested, Trainer
 
     out = Path(a.out)
     resume = has_checkpoint(out)
     if resume:
-        a.config, a.allow_config_change = None, False
-        cfg = _resume_config(a, out)  # the saved config, or --set: a change is refused
+        cfg = resume_config(out, None, a.set, False)  # the saved config; a change is refused
     else:
         cfg = load_config(None, a.set)
         if any((out / f).exists() for f in (*RUN_FILES, "checkpoints")):
-            _start_over_note(out, "it holds a run stopped before its first checkpoint")
+            start_over(out, "it holds a run stopped before its first checkpoint")
     trainer = Trainer(cfg, out, resume=resume)
     try:
         trainer.train()
@@ -277,26 +212,15 @@ def _demo(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="flowdppo",
-        description="Flow-DPPO: online RL for flow-matching generators",
-        epilog="exit codes: 0 done; 1 the run failed; 2 a user error (one line; --debug: the "
-        "traceback); 128+N stopped by signal N after saving (130 Ctrl-C, 143 SIGTERM)",
-    )
-    p.add_argument(
-        "--debug", action="store_true", help="show the traceback of an error (anywhere on the line)"
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_set(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def _add_training_commands(sub: Any) -> None:
+    """``train`` and ``resume``."""
     t = sub.add_parser("train", help="train a policy (no config: Shapes + Flow-DPPO defaults)")
     t.add_argument("config", nargs="?", help="YAML config (see configs/ and docs/config.md)")
-    t.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. loss.delta=1e-6",
-    )
+    _add_set(t, "override a config key, e.g. loss.delta=1e-6")
     t.add_argument(
         "--max-iters",
         type=positive_int,
@@ -323,16 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("run")
     r.add_argument("--max-iters", type=positive_int, help="stop after this many iterations")
-    r.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change a key of the saved config (refused unless --allow-config-change, but for "
+    _add_set(
+        r,
+        "change a key of the saved config (refused unless --allow-config-change, but for "
         "train.save_every, train.sample_every, train.max_minutes)",
     )
     r.add_argument("--allow-config-change", action="store_true", help=allow)
     r.set_defaults(func=_resume)
+
+
+def _add_run_commands(sub: Any) -> None:
+    """``eval``, ``sample``, ``plot`` and ``export`` of a run directory."""
     e = sub.add_parser("eval", help="evaluate a run's latest checkpoint (EMA if kept)")
     e.add_argument("--run", required=True)
     e.add_argument(
@@ -385,14 +310,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="export the EMA weights (default: if kept)",
     )
     x.set_defaults(func=_export)
-    d = sub.add_parser("demo", help="the Shapes demo: train with the defaults, then plot")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    d.set_defaults(func=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``flowdppo`` parser: this module's commands, then the registered ones (``shapes``,
+    ``reward-server``, ``compare``)."""
     from flowdppo.compare.cli import register_cli as register_compare
     from flowdppo.rewards.server import register_cli as register_server
     from flowdppo.shapes.cli import register_cli as register_shapes
 
+    p = argparse.ArgumentParser(
+        prog="flowdppo",
+        description="Flow-DPPO: online RL for flow-matching generators",
+        epilog="exit codes: 0 done; 1 the run failed; 2 a user error (one line; --debug: the "
+        "traceback); 128+N stopped by signal N after saving (130 Ctrl-C, 143 SIGTERM)",
+    )
+    p.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (anywhere on the line)"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
+    _add_run_commands(sub)
+    d = sub.add_parser("demo", help="the Shapes demo: train with the defaults, then plot")
+    d.add_argument("--out", default="runs/demo")
+    _add_set(d)
+    d.set_defaults(func=_demo)
     register_shapes(sub)
     register_server(sub)
     register_compare(sub)

@@ -91,6 +91,21 @@ def by_step(terms: list[dict[str, Any]], delta: float, clip_range: float) -> lis
     return rows
 
 
+def ratio_table(name: str, terms: list[dict[str, Any]], delta: float, clip_range: float) -> str:
+    """``by_step`` of one group's terms as a markdown table under a ``name (δ, ε):`` line."""
+    lines = [
+        f"{name} (δ = {delta:g}, ε = {clip_range:g}):",
+        "| step | terms | mean KL | mean abs(ρ−1) | corr | clip | mask | clip only | mask only |",
+    ]
+    for r in by_step(terms, delta, clip_range):
+        lines.append(
+            f"| {r['step']} | {r['terms']} | {r['kl_mean']:.2e} | "
+            f"{r['abs_rho_minus_1_mean']:.2e} | {r['corr']:.2f} | {r['clip_frac']:.3f} | "
+            f"{r['mask_frac']:.3f} | {r['clip_only_frac']:.3f} | {r['mask_only_frac']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def plot_ratio(
     groups: dict[str, list[dict[str, Any]]], out: str | Path, delta: float, clip_range: float
 ) -> Path:

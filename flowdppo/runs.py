@@ -1,12 +1,16 @@
-"""Open a finished (or running) run directory: its config, and its policy at the latest checkpoint."""
+"""A run directory: its config, its policy at the latest checkpoint, the config a resumed run
+continues with, and the names of its evaluations."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from flowdppo.cli_errors import UserError
 from flowdppo.config import RunConfig, load_config
 
 
@@ -96,3 +100,53 @@ def load_run_policy(
     ema = (ckpt / "ema.safetensors").exists() if use_ema is None else use_ema
     load_trainable(policy, ckpt, use_ema=ema)
     return policy, cfg, int(ckpt.name.split("_")[1])
+
+
+def start_over(out: Path, why: str) -> None:
+    """Clear what a run stopped before its first checkpoint left, and say so."""
+    gone = clear_unsaved_run(out)
+    if gone:
+        print(f"{out}: {why}; starting it over (removed: {', '.join(gone)})", file=sys.stderr)
+
+
+def resume_config(out: Path, config: str | None, sets: list[str], allow_change: bool) -> RunConfig:
+    """The config of a resumed run: the saved one, or the given one (``config``, ``sets``: the
+    ``CONFIG`` and ``--set`` of the command) if it equals the saved one up to
+    ``RESUME_SAFE_KEYS``, or with ``allow_change`` (``--allow-config-change``; the change is
+    appended to ``RUN/config_changes.jsonl``)."""
+    saved = run_config(out)  # a clear error when --out is not a run directory
+    cfg = load_config(out / "config.yaml" if config is None else config, sets)
+    if cfg.sampling.untrained_precision == "auto":  # what auto picked is saved: keep it
+        cfg.sampling.untrained_precision = saved.sampling.untrained_precision
+    changed = config_changes(saved, cfg)
+    unsafe = {k: v for k, v in changed.items() if k not in RESUME_SAFE_KEYS}
+    if unsafe and not allow_change:
+        shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in unsafe.items())
+        raise UserError(
+            f"resuming {out} with a changed config ({shown}) would not continue the same run; "
+            "pass --allow-config-change to go on anyway (recorded in config_changes.jsonl), or "
+            "start a new run with another --out"
+        )
+    if changed:
+        from flowdppo.trainer.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(out)
+        row = {
+            "iter": int(ckpt.name.split("_")[1]) if ckpt else 0,
+            "changes": {k: [old, new] for k, (old, new) in changed.items()},
+        }
+        with (out / "config_changes.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{out}: resuming with config changes {sorted(changed)}", file=sys.stderr)
+    return cfg
+
+
+def eval_dir_name(it: int, split: str, n: int, steps: int, guidance: float, run: RunConfig) -> str:
+    """``iter_N`` for the run's own evaluation settings, with a suffix for each one changed
+    (``_train``, ``_n100``, ``_steps10``, ``_cfg1``), so that evaluations with other settings
+    never overwrite each other."""
+    ev = run.eval
+    name = f"iter_{it:06d}" + ("_train" if split == "train" else "")
+    name += f"_n{n}" if n != ev.per_category else ""
+    name += f"_steps{steps}" if steps != ev.num_inference_steps else ""
+    return name + (f"_cfg{guidance:g}" if guidance != run.eval_guidance_scale else "")
