@@ -29,27 +29,12 @@ from flowdppo.config.flags import positive_int
 
 
 def _train(a: argparse.Namespace) -> int:
-    from flowdppo.config import load_config
-    from flowdppo.runs import RUN_FILES, has_checkpoint, resume_config, start_over
+    from flowdppo.runs import prepare_run
     from flowdppo.trainer.trainer import StopRequested, Trainer
 
     out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a directory")
-    if a.resume and has_checkpoint(out):
-        cfg = resume_config(out, a.config, a.set, a.allow_config_change)
-    elif a.resume:  # stopped before its first checkpoint: nothing to resume, start over
-        cfg = load_config(out / "config.yaml" if a.config is None else a.config, a.set)
-        start_over(out, "the run saved no checkpoint before it stopped")
-    else:
-        cfg = load_config(a.config, a.set)
-        if has_checkpoint(out):
-            raise UserError(
-                f"{out} already holds a run; use `flowdppo resume {out}` or another --out"
-            )
-        if any((out / f).exists() for f in (*RUN_FILES, "checkpoints")):
-            start_over(out, "it holds a run stopped before its first checkpoint")
-    trainer = Trainer(cfg, out, resume=a.resume and has_checkpoint(out))
+    cfg, resume = prepare_run(out, a.config, a.set, a.resume, a.allow_config_change)
+    trainer = Trainer(cfg, out, resume=resume)
     if cfg.model.compile:
         print(
             "model.compile: the first iteration and the first evaluation also compile the "
@@ -124,32 +109,16 @@ def _sample(a: argparse.Namespace) -> int:
     return 0
 
 
-def _plot_ratio(a: argparse.Namespace) -> int:
-    """``plot --diagnostic ratio``: |ρ − 1| against the exact KL of each run's sampled terms."""
-    from flowdppo.core import DEFAULT_CLIP_RANGE
-    from flowdppo.diagnostics import plot_ratio, ratio_table, read_terms
-    from flowdppo.runs import run_config
-
-    cfg = run_config(a.run[0])
-    delta = a.delta if a.delta is not None else cfg.loss.delta
-    eps = a.clip_range or cfg.loss.clip_range or DEFAULT_CLIP_RANGE["ratio_clip"]
-    for name, value in (("--delta", delta), ("--clip-range", eps)):
-        if not value > 0:
-            raise UserError(f"flowdppo plot: {name} must be > 0, got {value}")
-    groups = {Path(r).name: read_terms(r) for r in a.run}
-    out = Path(a.out if a.out != "curves.png" else "ratio_kl.png")
-    print(plot_ratio(groups, out, delta, eps))
-    for name, terms in groups.items():
-        print(ratio_table(name, terms, delta, eps))
-    return 0
-
-
 def _plot(a: argparse.Namespace) -> int:
     from flowdppo.plots import plot_runs
     from flowdppo.trainer.logging import read_metrics
 
     if a.diagnostic == "ratio":
-        return _plot_ratio(a)
+        from flowdppo.diagnostics import ratio_report
+
+        out = a.out if a.out != "curves.png" else "ratio_kl.png"
+        print(ratio_report(a.run, out, a.delta, a.clip_range))
+        return 0
 
     for run in a.run:
         if not read_metrics(Path(run), "train"):
@@ -175,19 +144,12 @@ def _export(a: argparse.Namespace) -> int:
 
 
 def _demo(a: argparse.Namespace) -> int:
-    from flowdppo.config import load_config
     from flowdppo.plots import plot_runs
-    from flowdppo.runs import RUN_FILES, has_checkpoint, resume_config, start_over
+    from flowdppo.runs import has_checkpoint, prepare_run
     from flowdppo.trainer.trainer import StopRequested, Trainer
 
-    out = Path(a.out)
-    resume = has_checkpoint(out)
-    if resume:
-        cfg = resume_config(out, None, a.set, False)  # the saved config; a change is refused
-    else:
-        cfg = load_config(None, a.set)
-        if any((out / f).exists() for f in (*RUN_FILES, "checkpoints")):
-            start_over(out, "it holds a run stopped before its first checkpoint")
+    out = Path(a.out)  # resumed if it holds a checkpoint (a config change is then refused)
+    cfg, resume = prepare_run(out, None, a.set, has_checkpoint(out), False)
     trainer = Trainer(cfg, out, resume=resume)
     try:
         trainer.train()

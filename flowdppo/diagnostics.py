@@ -148,3 +148,25 @@ def plot_ratio(
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def ratio_report(
+    runs: list[str], out: str | Path, delta: float | None, clip_range: float | None
+) -> str:
+    """``flowdppo plot --diagnostic ratio``: the scatter of every run's sampled terms written to
+    ``out``, then one table per run; δ and ε default to the first run's (ε: else the ratio
+    clip's default)."""
+    from flowdppo.cli_errors import UserError
+    from flowdppo.core import DEFAULT_CLIP_RANGE
+    from flowdppo.runs import run_config
+
+    cfg = run_config(runs[0])
+    d = delta if delta is not None else cfg.loss.delta
+    eps = clip_range or cfg.loss.clip_range or DEFAULT_CLIP_RANGE["ratio_clip"]
+    for name, value in (("--delta", d), ("--clip-range", eps)):
+        if not value > 0:
+            raise UserError(f"flowdppo plot: {name} must be > 0, got {value}")
+    groups = {Path(r).name: read_terms(r) for r in runs}
+    lines = [str(plot_ratio(groups, Path(out), d, eps))]
+    lines += [ratio_table(name, terms, d, eps) for name, terms in groups.items()]
+    return "\n".join(lines)

@@ -141,6 +141,29 @@ def resume_config(out: Path, config: str | None, sets: list[str], allow_change: 
     return cfg
 
 
+def prepare_run(
+    out: Path, config: str | None, sets: list[str], resume: bool, allow_change: bool
+) -> tuple[RunConfig, bool]:
+    """The config for ``train``/``resume``/``demo`` into ``out`` and whether to resume from its
+    checkpoint. ``resume`` with a checkpoint: :func:`resume_config`; ``resume`` without one (a
+    run stopped before its first checkpoint): the saved (or given) config, started over. A new
+    run refuses a directory that holds a checkpointed run and clears one that saved nothing."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    if resume and has_checkpoint(out):
+        return resume_config(out, config, sets, allow_change), True
+    if resume:
+        cfg = load_config(out / "config.yaml" if config is None else config, sets)
+        start_over(out, "the run saved no checkpoint before it stopped")
+        return cfg, False
+    cfg = load_config(config, sets)
+    if has_checkpoint(out):
+        raise UserError(f"{out} already holds a run; use `flowdppo resume {out}` or another --out")
+    if any((out / f).exists() for f in (*RUN_FILES, "checkpoints")):
+        start_over(out, "it holds a run stopped before its first checkpoint")
+    return cfg, False
+
+
 def eval_dir_name(it: int, split: str, n: int, steps: int, guidance: float, run: RunConfig) -> str:
     """``iter_N`` for the run's own evaluation settings, with a suffix for each one changed
     (``_train``, ``_n100``, ``_steps10``, ``_cfg1``), so that evaluations with other settings
