@@ -1,6 +1,6 @@
 """The ``flowdppo compare`` command: run a spec's grid (resumable), then write its report.
 
-flowdppo compare SPEC.yaml --out DIR [--jobs N] [--threads T] [--allow-changed]
+flowdppo compare SPEC.yaml --out DIR [--jobs N] [--threads T] [--seeds S ...] [--allow-changed]
 flowdppo compare --report-only DIR
 """
 
@@ -20,6 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of each run (default 1)")
     p.add_argument("--nice", type=int, default=10, help="niceness of the runs (default 10)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="S",
+        help="run these seeds instead of the spec's (e.g. to check its verdicts with other "
+        "seeds; use a new --out); recorded in the grid and its report",
+    )
     p.add_argument(
         "--allow-changed",
         action="store_true",
@@ -42,15 +50,16 @@ def run_from_args(a: argparse.Namespace) -> int:
         spec_path = Path(a.spec) if a.spec else out / "spec.yaml"
         if not spec_path.exists():
             raise SpecError(f"--report-only {out}: no spec.yaml there (is it a compare directory?)")
-        spec = load_spec(spec_path)
         grid = out / "grid.json"
-        if grid.exists():  # the copy is spec.yaml; the grid was named after the spec's file
-            spec.name = Path(json.loads(grid.read_text())["spec"]).stem
+        saved = json.loads(grid.read_text()) if grid.exists() else {}
+        spec = load_spec(spec_path, seeds=a.seeds or saved.get("seeds"))
+        if saved:  # the copy is spec.yaml; the grid was named after the spec's file
+            spec.name = Path(saved["spec"]).stem
         command = f"flowdppo compare --report-only {out}"
     else:
         if not a.spec or not a.out:
             raise SpecError("flowdppo compare: give SPEC.yaml and --out DIR (or --report-only DIR)")
-        spec = load_spec(a.spec)
+        spec = load_spec(a.spec, seeds=a.seeds)
         out = Path(a.out)
         try:
             res = run_grid(
@@ -68,6 +77,7 @@ def run_from_args(a: argparse.Namespace) -> int:
             return 130
         command = " ".join(
             ["flowdppo compare", shlex.quote(str(a.spec)), "--out", shlex.quote(str(out))]
+            + (["--seeds", *map(str, a.seeds)] if a.seeds else [])
         )
         print(
             f"compare: {res['done']}/{res['total']} runs done, {len(res['failed'])} failed",

@@ -232,6 +232,16 @@ def build_report(spec: Spec, out: Path, command: str = "") -> dict[str, Any]:
         raise FileNotFoundError(
             f"{out}: no run of {spec.path} has an evaluation yet; nothing to report"
         )
+    logged = {k for ds in cells.values() for d in ds for e in d.evals for k in e}
+    if rep.reward not in logged or rep.kl not in logged:
+        from flowdppo.compare.spec import SpecError
+
+        missing = [k for k in (rep.reward, rep.kl) if k not in logged]
+        shown = sorted(k for k in logged if k.startswith("eval/"))
+        raise SpecError(
+            f"{spec.path}: report.reward/report.kl: {missing} in no run's evaluation lines; "
+            f"the runs log {shown}"
+        )
     # The base model's values: every run's iteration-0 evaluation is of the same base model with
     # the same prompts and noise, so they agree; their mean is used.
     keys: list = [rep.reward, rep.kl, *rep.metrics, *rep.objectives]

@@ -76,7 +76,12 @@ def check_grid(spec: Spec, out: Path, allow_changed: bool) -> None:
     shutil.copyfile(spec.path, out / "spec.yaml")
     lock.write_text(
         json.dumps(
-            {"spec": str(spec.path), "digest": spec.digest(), "configs": configs},
+            {
+                "spec": str(spec.path),
+                "seeds": spec.seeds,
+                "digest": spec.digest(),
+                "configs": configs,
+            },
             indent=1,
             default=str,
         )

@@ -175,8 +175,9 @@ def _report(path: Path, raw: Any) -> ReportSpec:
     return rep
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read, expand and validate a spec; every run's config is built and validated here."""
+def load_spec(path: str | Path, seeds: list[int] | None = None) -> Spec:
+    """Read, expand and validate a spec; every run's config is built and validated here.
+    ``seeds`` (``flowdppo compare --seeds``) replaces the spec's own seed list."""
     path = Path(path)
     if path.is_dir():
         raise SpecError(f"{path}: is a directory; expected a spec YAML file")
@@ -193,6 +194,8 @@ def load_spec(path: str | Path) -> Spec:
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
         raise SpecError(f"{path}: unknown key(s) {unknown}; valid keys: {sorted(TOP_KEYS)}")
+    if seeds is not None:
+        raw["seeds"] = list(seeds)
     seeds = raw.get("seeds", [0])
     if (
         not isinstance(seeds, list)

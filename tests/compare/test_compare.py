@@ -330,3 +330,31 @@ def test_a_run_still_going_is_left_out_of_the_cells(tmp_path, ckpt):
         ]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert list(collect(spec, tmp_path / "out")) == ["dppo"]
+
+
+def test_other_seeds_replace_the_specs_and_stay_with_the_grid(tmp_path, ckpt):
+    """``--seeds``: the check with other seeds, without editing the spec; the grid keeps them, so
+    ``--report-only`` rebuilds the same report."""
+    methods = {"dppo": {"set": {"loss.name": "flow_dppo", "loss.delta": 1.0e-9}}}
+    report = {"reward": "eval/jpeg_incompressibility"}
+    path = _write_spec(tmp_path / "s.yaml", ckpt, methods=methods, report=report)
+    assert [r.name for r in load_spec(path, seeds=[7, 4]).runs] == ["dppo__s7", "dppo__s4"]
+    with pytest.raises(SpecError, match="seeds: expected a non-empty list of distinct"):
+        load_spec(path, seeds=[7, 7])
+    out = tmp_path / "out"
+    proc = cli("compare", str(path), "--out", str(out), "--seeds", "5", "--no-progress")
+    assert "1/1 runs done" in proc.stderr
+    assert [p.name for p in (out / "runs").iterdir()] == ["dppo__s5"]
+    assert json.loads((out / "grid.json").read_text())["seeds"] == [5]
+    report = (out / "report.md").read_text()
+    assert "seeds [5]" in report and "--seeds 5" in report
+    (out / "summary.json").unlink()
+    cli("compare", "--report-only", str(out))
+    assert list(json.loads((out / "summary.json").read_text())["runs"]) == ["dppo__s5"]
+    # A report metric no run logs (Shapes' reward, for runs trained and evaluated on JPEG size)
+    # is one line naming it and what the runs do log, not a plotting traceback.
+    _write_spec(out / "spec.yaml", ckpt, methods=methods, report={"reward": "eval/shapes_tifa"})
+    proc = cli("compare", "--report-only", str(out), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "['eval/shapes_tifa'] in no run's evaluation lines" in proc.stderr
+    assert "eval/jpeg_incompressibility" in proc.stderr
