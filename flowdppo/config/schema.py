@@ -201,6 +201,12 @@ class LossConfig:
     )
     delta: float = _f(1e-5, "Flow-DPPO divergence threshold δ (in the reduction's unit)")
     divergence: str = _f("kl", "Flow-DPPO divergence: kl | tv", choices=("kl", "tv"))
+    mask: str = _f(
+        "asymmetric",
+        "Flow-DPPO mask: asymmetric (the paper's: drop a term past δ only when it moved in its "
+        "advantage's direction) | symmetric (an ablation: drop every term past δ)",
+        choices=("asymmetric", "symmetric"),
+    )
     clip_range: float | None = _f(
         None,
         "ratio clip ε of ratio_clip and grpo_guard; null: the loss's published default, 1e-4 for "
@@ -292,6 +298,7 @@ class LossConfig:
         offered = {
             "delta": self.delta,
             "divergence": self.divergence,
+            "mask": self.mask,
             "reduction": self.reduction,
             "clip_range": self.clip_range,
             "scale": self.guard_scale,

@@ -39,11 +39,13 @@ DEFAULT_CLIP_RANGE: dict[str, float] = {"ratio_clip": 1e-4, "grpo_guard": 2e-6}
 
 @dataclass(frozen=True)
 class FlowDPPOParams:
-    """Hyper-parameters of ``flow_dppo_loss``: δ > 0 in the unit of ``divergence`` ("kl" | "tv")."""
+    """Hyper-parameters of ``flow_dppo_loss``: δ > 0 in the unit of ``divergence`` ("kl" | "tv");
+    ``mask`` "asymmetric" (the paper's) | "symmetric" (an ablation)."""
 
     delta: float
     divergence: str = "kl"
     reduction: str = "mean"
+    mask: str = "asymmetric"
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,12 @@ def dppo_drop(div: Tensor, log_ratio: Tensor, adv: Tensor, delta: float) -> Tens
 
 @register_loss("flow_dppo", FlowDPPOParams)
 def flow_dppo_loss(
-    inp: LossInputs, *, delta: float, divergence: str = "kl", reduction: str = "mean"
+    inp: LossInputs,
+    *,
+    delta: float,
+    divergence: str = "kl",
+    reduction: str = "mean",
+    mask: str = "asymmetric",
 ) -> LossOutput:
     """Flow-DPPO: the asymmetric divergence mask (docs/algorithm.md §4, the paper's method).
 
@@ -243,15 +250,20 @@ def flow_dppo_loss(
         delta: δ > 0, in the unit of ``divergence`` (KL: per dimension for "mean"; TV: unit-free).
         divergence: a key of ``DIVERGENCES``.
         reduction: the log-prob reduction; also the KL unit.
+        mask: "asymmetric" (above) or "symmetric", an ablation that drops every term with
+            ``D >= delta`` whichever way it moved (a hard trust region, PPO-clip's symmetric
+            counterpart without its "min").
     """
     check_positive(delta, "delta")
+    if mask not in ("asymmetric", "symmetric"):
+        raise ValueError(f"mask must be 'asymmetric' or 'symmetric', got {mask!r}")
     check_reduction(reduction)
     div_fn = get_divergence(divergence)
     f = _flatten(inp)
     ratio = stable_ratio(f.log_ratio)
     with torch.no_grad():
         div = div_fn(f.mean.detach(), f.mean_old, f.std, reduction)
-        drop = dppo_drop(div, f.log_ratio, f.adv, delta)
+        drop = dppo_drop(div, f.log_ratio, f.adv, delta) if mask == "asymmetric" else div >= delta
         pos, neg = f.adv > 0, f.adv < 0
     per_term = torch.where(drop, torch.zeros_like(ratio), -f.adv * ratio)
     loss = per_term.mean()

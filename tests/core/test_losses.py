@@ -74,6 +74,30 @@ def test_dppo_mask_truth_table_loss_and_gradients():
     assert out.metrics["mask/frac_neg_adv"] == pytest.approx(1 / 8)
 
 
+def test_symmetric_mask_drops_every_term_past_delta_whichever_way_it_moved():
+    """The ablation ``mask="symmetric"``: the 4 terms of the truth table with D >= δ are dropped
+    (not only the 2 that moved in their advantage's direction); the others pass as before."""
+    adv, log_ratio, diff = (list(col) for col in zip(*TRUTH_TABLE, strict=True))
+    inp = _inputs(log_ratio, adv, diff)
+    out = flow_dppo_loss(inp, delta=DELTA, mask="symmetric")
+    drop = [d == HIGH_DIFF for _, _, d in TRUTH_TABLE]
+    kept = [-a * math.exp(r) * (not x) for (a, r, _), x in zip(TRUTH_TABLE, drop, strict=True)]
+    assert out.loss.item() == pytest.approx(sum(kept) / 8, abs=1e-6)
+    out.loss.backward()
+    assert inp.log_prob.grad is not None
+    torch.testing.assert_close(inp.log_prob.grad, torch.tensor(kept) / 8, atol=1e-7, rtol=0)
+    assert out.metrics["mask/frac"] == pytest.approx(4 / 8)
+    with pytest.raises(ValueError, match="mask must be 'asymmetric' or 'symmetric'"):
+        flow_dppo_loss(inp, delta=DELTA, mask="both")
+
+
+def test_the_config_passes_the_mask_to_the_loss():
+    from flowdppo.config import load_config
+
+    assert load_config(None, []).loss.params().mask == "asymmetric"
+    assert load_config(None, ["loss.mask=symmetric"]).loss.params().mask == "symmetric"
+
+
 def test_dppo_drop_is_the_mask_the_loss_applies_and_includes_the_threshold():
     """dppo_drop on its own (the benchmark's entry): the truth table, D == δ dropped, ρ == 1 and
     A == 0 never; and per term the same mask the loss zeroes (its gradient is 0 exactly there)."""
