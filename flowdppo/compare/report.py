@@ -320,42 +320,56 @@ def build_report(spec: Spec, out: Path, command: str = "") -> dict[str, Any]:
 
 
 def _verdicts(spec, table, per_run, cells, measures) -> list[dict[str, Any]]:
-    """Reference method's best cell vs every other method's best cell, per headline measure."""
+    """Reference method's best cell vs every other method's best cell, per headline measure: the
+    final reward, the reward within each KL budget, each ``levels`` measure (read at a like
+    gain) and the worse normalised gain. With ``report.group_by``, one comparison per value of
+    that key (each method's best cell among those with the value), e.g. per updates per rollout."""
     rep = spec.report
     methods = list(spec.methods)
     ref = rep.reference or methods[0]
-    heads = ["final/" + rep.reward] + [m for m in measures if m.startswith("reward_at_kl")]
+    heads = ["final/" + rep.reward] + [
+        m for m in measures if m.startswith("reward_at_kl") or ("@" in m and ">=" in m)
+    ]
     if rep.objectives:
         heads.append("worse_normalised_gain")
+    if rep.group_by is not None:
+        groups = sorted({row["point"].get(rep.group_by) for row in table.values()}, key=str)
+    else:
+        groups = [None]
     out = []
-    for h in heads:
-        best = {}
-        for meth in methods:
-            cand = [
-                c
-                for c, row in table.items()
-                if row["method"] == meth and np.isfinite(row[h]["mean"])
-            ]
-            if cand:
-                best[meth] = max(cand, key=lambda c: table[c][h]["mean"])
-        if ref not in best:
-            continue
-        vals = {m: [per_run[d.run.name][h] for d in cells[c]] for m, c in best.items()}
-        for meth in methods:
-            if meth == ref or meth not in best:
+    for g in groups:
+        for h in heads:
+            best = {}
+            for meth in methods:
+                cand = [
+                    c
+                    for c, row in table.items()
+                    if row["method"] == meth
+                    and np.isfinite(row[h]["mean"])
+                    and (g is None or row["point"].get(rep.group_by) == g)
+                ]
+                if cand:
+                    best[meth] = max(cand, key=lambda c: table[c][h]["mean"])
+            if ref not in best:
                 continue
-            t = welch(vals[ref], vals[meth])
-            out.append(
-                {
-                    "measure": h,
-                    "reference": ref,
-                    "reference_cell": best[ref],
-                    "other": meth,
-                    "other_cell": best[meth],
-                    **t,
-                    "verdict": verdict(t, table[best[ref]]["binds"], table[best[meth]]["binds"]),
-                }
-            )
+            vals = {m: [per_run[d.run.name][h] for d in cells[c]] for m, c in best.items()}
+            for meth in methods:
+                if meth == ref or meth not in best:
+                    continue
+                t = welch(vals[ref], vals[meth])
+                out.append(
+                    {
+                        "measure": h if g is None else f"{h} ({rep.group_by} = {g})",
+                        "reference": ref,
+                        "reference_cell": best[ref],
+                        "other": meth,
+                        "other_cell": best[meth],
+                        **t,
+                        "verdict": verdict(
+                            t, table[best[ref]]["binds"], table[best[meth]]["binds"]
+                        ),
+                    }
+                )
     return out
 
 

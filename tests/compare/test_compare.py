@@ -380,3 +380,42 @@ def test_every_shipped_spec_validates_fixes_precision_and_has_three_seeds(path):
         for r in spec.runs
     }
     assert len(drawn) == 1, drawn
+
+
+def test_verdicts_per_group_value_and_for_measures_read_at_a_like_gain():
+    """With ``group_by``, each value of the key gets its own comparison; a ``levels`` measure
+    (read where the trained categories reached base + gain) is a headline measure too."""
+    from types import SimpleNamespace as NS
+
+    from flowdppo.compare.report import _verdicts
+
+    level = "x@y>=base+0.1"
+    rep = NS(reward="r", reference="a", objectives=[], group_by="optim.updates_per_iter")
+    spec = NS(report=rep, methods={"a": {}, "b": {}})
+    vals = {  # (method, N): final reward per seed, level measure per seed
+        ("a", 1): ([0.9, 0.91, 0.92], [1.0, 2.0, 3.0]),
+        ("b", 1): ([0.5, 0.51, 0.52], [1.0, 2.0, 3.0]),
+        ("a", 8): ([0.5, 0.6, 0.7], [1.0, 2.0, 3.0]),
+        ("b", 8): ([0.6, 0.5, 0.7], [5.0, 6.0, 7.0]),
+    }
+    table, per_run, cells = {}, {}, {}
+    for (m, n), (final, lv) in vals.items():
+        cell = f"{m}__N={n}"
+        runs = [NS(run=NS(name=f"{cell}__s{i}")) for i in range(3)]
+        cells[cell] = runs
+        for d, f, x in zip(runs, final, lv, strict=True):
+            per_run[d.run.name] = {"final/r": f, level: x}
+        table[cell] = {
+            "method": m,
+            "point": {"optim.updates_per_iter": n},
+            "binds": True,
+            "final/r": describe(final),
+            level: describe(lv),
+        }
+    out = {(v["measure"], v["verdict"]) for v in _verdicts(spec, table, per_run, cells, [level])}
+    assert out == {
+        ("final/r (optim.updates_per_iter = 1)", "higher"),
+        ("final/r (optim.updates_per_iter = 8)", "not distinguishable"),
+        (f"{level} (optim.updates_per_iter = 1)", "not distinguishable"),
+        (f"{level} (optim.updates_per_iter = 8)", "lower"),
+    }
