@@ -37,7 +37,9 @@ def _check(cond: bool, key: str, value: Any, expected: str) -> None:
 @dataclass
 class ModelConfig:
     family: str = _f(
-        "shapes", "model family: shapes | sd3 | flux", choices=("shapes", "sd3", "flux")
+        "shapes",
+        "model family: shapes | sd3 | flux | qwen_image | flux2_klein",
+        choices=("shapes", "sd3", "flux", "qwen_image", "flux2_klein"),
     )
     pretrained: str | None = _f(
         None, "weights: a local folder or cached hub id (shapes: None = the shipped base)"
@@ -69,7 +71,14 @@ class ModelConfig:
         None, "image side in pixels (diffusers models; None = model default)"
     )
     max_sequence_length: int | None = _f(
-        None, "text tokens of the T5 encoder (diffusers models; None = 256 for SD3, 512 for FLUX)"
+        None,
+        "text tokens of the T5 encoder (diffusers models; None = 256 for SD3, 512 for FLUX; "
+        "qwen_image, flux2_klein: tokens of the Qwen encoder, None = 512)",
+    )
+    negative_prompt: str | None = _f(
+        None,
+        "qwen_image: the negative prompt of true CFG (sampling/eval guidance_scale > 1 is the "
+        "pipeline's true_cfg_scale); None = ' ', the model card's",
     )
     prompt_cache_mb: float = _f(
         2048.0,
@@ -82,6 +91,12 @@ class ModelConfig:
     def validate(self) -> None:
         _check(self.lora_rank >= 1, "model.lora_rank", self.lora_rank, "an int >= 1")
         _check(self.lora_alpha > 0, "model.lora_alpha", self.lora_alpha, "a number > 0")
+        _check(
+            self.negative_prompt is None or self.family == "qwen_image",
+            "model.negative_prompt",
+            self.negative_prompt,
+            f"None for model.family {self.family!r} (only qwen_image takes a negative prompt)",
+        )
         _check(
             math.isfinite(self.prompt_cache_mb) and self.prompt_cache_mb >= 0,
             "model.prompt_cache_mb",

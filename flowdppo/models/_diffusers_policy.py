@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from flowdppo.models._diffusers_common import (
+    DEFAULT_LORA_TARGETS,
     DEFAULT_PROMPT_CACHE_MB,
     MIB,
     PROMPT_CACHE_DEVICES,
@@ -44,6 +45,7 @@ class DiffusersPolicy:
 
     text_encoder_names: ClassVar[tuple[str, ...]]
     default_max_sequence_length: ClassVar[int]
+    default_lora_targets: ClassVar[list[str]] = DEFAULT_LORA_TARGETS  # lora_target_modules=None
 
     @classmethod
     def from_pretrained(
@@ -90,7 +92,7 @@ class DiffusersPolicy:
             train_options={
                 "lora_rank": lora_rank,
                 "lora_alpha": lora_alpha,
-                "lora_target_modules": lora_target_modules,
+                "lora_target_modules": lora_target_modules or list(cls.default_lora_targets),
                 "full_finetune": full_finetune,
                 "gradient_checkpointing": gradient_checkpointing,
             },

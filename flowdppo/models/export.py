@@ -28,18 +28,28 @@ from flowdppo.models.lora import ADAPTER_NAME, has_lora, lora_config, lora_state
 EXPORT_INFO = "flowdppo_export.json"
 
 
-def _pipeline_class(family: str) -> type:
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+# The diffusers pipeline class of each family, whose save_lora_weights writes the export.
+PIPELINE_CLASSES = {
+    "sd3": "StableDiffusion3Pipeline",
+    "flux": "FluxPipeline",
+    "qwen_image": "QwenImagePipeline",
+    "flux2_klein": "Flux2KleinPipeline",
+}
 
-    classes = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}
-    if family not in classes:
-        raise ValueError(f"export: family must be one of {sorted(classes)}, got {family!r}")
-    return classes[family]
+
+def _pipeline_class(family: str) -> type:
+    import diffusers
+
+    if family not in PIPELINE_CLASSES:
+        raise ValueError(
+            f"export: family must be one of {sorted(PIPELINE_CLASSES)}, got {family!r}"
+        )
+    return getattr(diffusers, PIPELINE_CLASSES[family])
 
 
 def _family(policy: Any) -> str:
     name = policy.pipeline_class().__name__
-    return {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}[name]
+    return {cls: family for family, cls in PIPELINE_CLASSES.items()}[name]
 
 
 def to_diffusers_keys(lora_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -95,7 +105,7 @@ def export_lora_weights(
 
 
 def export_lora(policy: Any, out_dir: str | Path) -> Path:
-    """Export a LoRA policy (``SD3Policy``/``FluxPolicy``) for ``pipe.load_lora_weights``."""
+    """Export a LoRA policy (a diffusers family's) for ``pipe.load_lora_weights``."""
     if not has_lora(policy.transformer):
         raise ValueError("export_lora: this policy has no LoRA (full fine-tune? use export_full)")
     metadata = lora_config(policy.transformer).to_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -31,22 +32,27 @@ def _shapes(cfg: ModelConfig, device: torch.device, shift: float | None) -> Any:
     )
 
 
+# The diffusers families' policy classes ("module:Class"), imported only when used.
+DIFFUSERS_POLICIES = {
+    "sd3": "flowdppo.models.sd3:SD3Policy",
+    "flux": "flowdppo.models.flux:FluxPolicy",
+    "qwen_image": "flowdppo.models.qwen_image:QwenImagePolicy",
+    "flux2_klein": "flowdppo.models.flux2_klein:Flux2KleinPolicy",
+}
+
+
 def _diffusers(family: str) -> Callable[[ModelConfig, torch.device, float | None], Any]:
     def build(cfg: ModelConfig, device: torch.device, shift: float | None) -> Any:
         if cfg.pretrained is None:
             raise ValueError(
                 f"model.pretrained: the {family} family needs a local folder or cached hub id"
             )
-        if family == "sd3":
-            from flowdppo.models.sd3 import SD3Policy as cls
-        else:
-            from flowdppo.models.flux import FluxPolicy as cls
+        module, name = DIFFUSERS_POLICIES[family].split(":")
+        cls = getattr(importlib.import_module(module), name)
         if cfg.lora_target_modules is None and not cfg.full_finetune:
-            from flowdppo.models._diffusers_common import DEFAULT_LORA_TARGETS
-
             # Resolved into the run's saved config: a later change of the default must not
             # change which adapters a resumed or exported run expects.
-            cfg.lora_target_modules = list(DEFAULT_LORA_TARGETS)
+            cfg.lora_target_modules = list(cls.default_lora_targets)
         kwargs: dict[str, Any] = {
             "device": device,
             "dtype": _dtype(cfg, device),
@@ -62,6 +68,8 @@ def _diffusers(family: str) -> Callable[[ModelConfig, torch.device, float | None
             kwargs["resolution"] = cfg.resolution
         if cfg.max_sequence_length is not None:
             kwargs["max_sequence_length"] = cfg.max_sequence_length
+        if cfg.negative_prompt is not None:  # validated: only families with a negative prompt
+            kwargs["negative_prompt"] = cfg.negative_prompt
         return cls.from_pretrained(cfg.pretrained, **kwargs)
 
     return build
@@ -69,8 +77,7 @@ def _diffusers(family: str) -> Callable[[ModelConfig, torch.device, float | None
 
 POLICY_BUILDERS: dict[str, Callable[[ModelConfig, torch.device, float | None], Any]] = {
     "shapes": _shapes,
-    "sd3": _diffusers("sd3"),
-    "flux": _diffusers("flux"),
+    **{family: _diffusers(family) for family in DIFFUSERS_POLICIES},
 }
 
 

@@ -252,3 +252,266 @@ def make_tiny_flux(tmp_path: Path, seed: int = 0):
         text_encoder_2=enc2,
         tokenizer_2=tok2,
     )
+
+
+# --- Qwen-Image and FLUX.2-klein: Qwen text encoders and their byte-level BPE tokenizer -------
+
+# Qwen-Image drops the first 34 tokens of its templated prompt (the system prefix, as the real
+# tokenizer splits it): the tiny tokenizer merges every word of that prefix into one token, so
+# the same 34 tokens go and the embeddings start at the user's prompt, as with the real model.
+_QWEN_TEMPLATE_WORDS = (
+    "the image by detailing color shape size texture quantity text spatial relationships of "
+    "objects and background"
+).split()
+_QWEN_LINE_STARTS = ["system", "user", "assistant", "Describe"]  # words after a newline
+_QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<think>",
+    "</think>",
+]
+# Qwen3's chat format for one user turn, with the empty thinking block that
+# ``enable_thinking=False`` asks for (what FLUX.2-klein encodes its prompts with).
+_QWEN3_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}"
+)
+
+
+def _word_merges(words: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Byte-level BPE merges that build each word left to right: ``(merges, new tokens)``.
+
+    Words with a leading space (``Ġword``) come first, so their chains (which all start with
+    ``Ġ``) outrank any merge of a bare word and always complete; the few bare words (line
+    starts of the chat template) share no merge with each other's middles."""
+    merges: list[tuple[str, str]] = []
+    tokens: list[str] = []
+    for word in [*("Ġ" + w for w in words), *_QWEN_LINE_STARTS]:
+        left = word[0]
+        for char in word[1:]:
+            pair = (left, char)
+            left += char
+            if pair not in merges:
+                merges.append(pair)
+                tokens.append(left)
+    return merges, tokens
+
+
+def _write_qwen_tokenizer(folder: Path, chat_template: str | None = None) -> int:
+    """A Qwen2 byte-level BPE tokenizer (every byte, whole-word merges, Qwen's special tokens),
+    saved with ``save_pretrained``. Returns the vocabulary size (special tokens included)."""
+    from transformers import Qwen2Tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = sorted(set(_QWEN_TEMPLATE_WORDS) | set(_WORDS))
+    merges, merged = _word_merges(words)
+    tokens = list(dict.fromkeys([*_byte_symbols(), *merged]))
+    vocab = {t: i for i, t in enumerate(tokens)}
+    specials = {t: len(vocab) + i for i, t in enumerate(_QWEN_SPECIALS)}
+    tok = Qwen2Tokenizer(vocab={**vocab, **specials}, merges=merges)
+    tok.add_special_tokens({"additional_special_tokens": _QWEN_SPECIALS[1:]})
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    tok.save_pretrained(folder)
+    return len(vocab) + len(specials)
+
+
+def _qwen25_vl_encoder(folder: Path, hidden: int, seed: int):
+    """Qwen-Image's text encoder in miniature: a ``Qwen2_5_VLForConditionalGeneration`` with a
+    2-layer text model and a 1-block vision tower (unused by text-to-image, but part of it)."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2Tokenizer,
+    )
+
+    vocab_size = _write_qwen_tokenizer(folder)
+    tok = Qwen2Tokenizer.from_pretrained(folder)
+    ids = tok.convert_tokens_to_ids(_QWEN_SPECIALS[:7])
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 512,
+            "bos_token_id": ids[0],
+            "eos_token_id": ids[2],
+            "pad_token_id": ids[0],
+            # multimodal RoPE: the sections (time, rows, cols) add up to head_dim / 2
+            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1]},
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_heads": 2,
+            "out_hidden_size": hidden,
+            "patch_size": 2,
+            "spatial_merge_size": 1,
+            "temporal_patch_size": 1,
+            "window_size": 4,
+            "fullatt_block_indexes": [0],
+        },
+        vision_start_token_id=ids[3],
+        vision_end_token_id=ids[4],
+        image_token_id=ids[5],
+        video_token_id=ids[6],
+    )
+    torch.manual_seed(seed)
+    return tok, Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def _qwen3_encoder(folder: Path, hidden: int, layers: int, seed: int):
+    """FLUX.2-klein's text encoder in miniature: a ``Qwen3ForCausalLM`` (its hidden states of
+    layers 9, 18 and 27 are the prompt embedding, so it needs at least 27 layers)."""
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    vocab_size = _write_qwen_tokenizer(folder, chat_template=_QWEN3_CHAT_TEMPLATE)
+    config = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=hidden // 2,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(seed)
+    return Qwen2Tokenizer.from_pretrained(folder), Qwen3ForCausalLM(config).eval()
+
+
+QWEN_TEXT_WIDTH = 16
+KLEIN_TEXT_WIDTH = 8
+
+
+def make_tiny_qwen_image(tmp_path: Path, seed: int = 0):
+    """A tiny random in-memory ``QwenImagePipeline`` (tokenizer files under tmp_path).
+
+    Its VAE (``AutoencoderKLQwenImage``, one temporal-downsample entry) scales by 2, latents have
+    4 channels, packed 2×2 into 16-channel tokens; the transformer's ``joint_attention_dim`` is the
+    text model's hidden size and ``sum(axes_dims_rope)`` its head dim."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+
+    tok, encoder = _qwen25_vl_encoder(
+        Path(tmp_path) / "qwen_image_parts" / "tok", QWEN_TEXT_WIDTH, seed + 1
+    )
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4 * 4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=QWEN_TEXT_WIDTH,
+        axes_dims_rope=(2, 2, 4),
+    )
+    torch.manual_seed(seed + 4)
+    vae = AutoencoderKLQwenImage(
+        base_dim=4,
+        z_dim=4,
+        dim_mult=[1, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False],
+        latents_mean=[0.1, -0.2, 0.05, 0.3],
+        latents_std=[1.5, 0.8, 1.2, 2.0],
+    ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=0.9,
+        base_image_seq_len=4,
+        max_image_seq_len=64,
+        shift_terminal=0.02,
+        time_shift_type="exponential",
+    )
+    return QwenImagePipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=encoder, tokenizer=tok
+    )
+
+
+def make_tiny_flux2_klein(tmp_path: Path, seed: int = 0, is_distilled: bool = False):
+    """A tiny random in-memory ``Flux2KleinPipeline`` (the undistilled base: real CFG).
+
+    The VAE (``AutoencoderKLFlux2``, two blocks) scales by 2 and has 4 latent channels, which the
+    pipeline patchifies 2×2 into 16 and normalizes with the VAE's batch-norm statistics (set to
+    non-trivial values here); the transformer's ``joint_attention_dim`` is 3 × the text width
+    (hidden states of three layers side by side) and ``sum(axes_dims_rope)`` its head dim."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+
+    tok, encoder = _qwen3_encoder(
+        Path(tmp_path) / "flux2_klein_parts" / "tok", KLEIN_TEXT_WIDTH, 28, seed + 1
+    )
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4 * 4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=3 * KLEIN_TEXT_WIDTH,
+        timestep_guidance_channels=16,
+        axes_dims_rope=(2, 2, 2, 2),
+        guidance_embeds=False,
+    )
+    torch.manual_seed(seed + 4)
+    vae = AutoencoderKLFlux2(
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=RESOLUTION,
+    ).eval()
+    with torch.no_grad():
+        vae.bn.running_mean.copy_(0.3 * torch.randn(16))
+        vae.bn.running_var.copy_(0.5 + torch.rand(16))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, time_shift_type="exponential"
+    )
+    return Flux2KleinPipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=encoder,
+        tokenizer=tok,
+        is_distilled=is_distilled,
+    )
+
+
+def build_tiny_qwen_image(tmp_path: Path, seed: int = 0) -> Path:
+    """Build and save a tiny random ``QwenImagePipeline``; returns its folder."""
+    out = Path(tmp_path) / "tiny_qwen_image"
+    make_tiny_qwen_image(tmp_path, seed).save_pretrained(out)
+    return out
+
+
+def build_tiny_flux2_klein(tmp_path: Path, seed: int = 0) -> Path:
+    """Build and save a tiny random ``Flux2KleinPipeline`` (undistilled: CFG); returns its folder."""
+    out = Path(tmp_path) / "tiny_flux2_klein"
+    make_tiny_flux2_klein(tmp_path, seed).save_pretrained(out)
+    return out
