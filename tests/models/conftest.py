@@ -1,4 +1,5 @@
-"""Fixtures for the diffusers adapters: tiny SD3/FLUX pipelines saved once per session."""
+"""Fixtures for the diffusers adapters: tiny SD3/FLUX/Qwen-Image/FLUX.2-klein pipelines saved once
+per session."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from tiny_pipelines import (
     MAX_SEQUENCE_LENGTH,
     RESOLUTION,
     build_tiny_flux,
+    build_tiny_flux2_klein,
+    build_tiny_qwen_image,
     build_tiny_sd3,
 )
 
@@ -75,6 +78,16 @@ def tiny_sd3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_flux_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_flux(tmp_path_factory.mktemp("flux"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_image_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_qwen_image(tmp_path_factory.mktemp("qwen_image"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux2_klein_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_flux2_klein(tmp_path_factory.mktemp("flux2_klein"))
 
 
 @pytest.fixture(params=["sd3", "flux"])
