@@ -23,7 +23,12 @@ RECIPES = sorted(
     for p in (REPO / "configs").glob("*.yaml")
     if (yaml.safe_load(p.read_text()) or {}).get("model", {}).get("family") not in (None, "shapes")
 )
-CLASSES = {"sd3": "flowdppo.models.sd3:SD3Policy", "flux": "flowdppo.models.flux:FluxPolicy"}
+CLASSES = {
+    "sd3": "flowdppo.models.sd3:SD3Policy",
+    "flux": "flowdppo.models.flux:FluxPolicy",
+    "qwen_image": "flowdppo.models.qwen_image:QwenImagePolicy",
+    "flux2_klein": "flowdppo.models.flux2_klein:Flux2KleinPolicy",
+}
 
 
 def _lay_out_cache(cache: Path, repo_id: str, folder: Path) -> None:
@@ -70,6 +75,8 @@ def test_a_recipes_hub_id_loads_from_the_local_hub_cache(recipe, tmp_path, reque
     [
         ("stabilityai/stable-diffusion-3.5-medium", True),
         ("black-forest-labs/FLUX.1-dev", True),
+        ("black-forest-labs/FLUX.2-klein-base-9B", True),
+        ("Qwen/Qwen-Image", True),
         ("owner/name", True),
         ("./model.v1", False),
         ("/abs/path/FLUX.1-dev", False),

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = {"sd35_medium_flowdppo.yaml": "sd3", "flux1_dev_flowdppo.yaml": "flux"}
+RECIPES = {
+    "sd35_medium_flowdppo.yaml": "sd3",
+    "flux1_dev_flowdppo.yaml": "flux",
+    "qwen_image_flowdppo.yaml": "qwen_image",
+    "flux2_klein_flowdppo.yaml": "flux2_klein",
+}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
