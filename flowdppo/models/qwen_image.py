@@ -63,7 +63,9 @@ class QwenImagePolicy(DiffusersPolicy):
         """``DiffusersPolicy.from_pretrained`` plus ``negative_prompt``, the unconditional branch
         of true CFG (None: ``" "``). Every other option is the base class's."""
         if negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise TypeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
+            raise TypeError(
+                f"negative_prompt must be a string, got {type(negative_prompt).__name__}"
+            )
         policy = super().from_pretrained(path_or_pipeline, **kwargs)
         if negative_prompt is not None:
             policy.negative_prompt = negative_prompt
@@ -139,7 +141,9 @@ class QwenImagePolicy(DiffusersPolicy):
         )
         return scheduler_sigmas(scheduler, num_inference_steps, sigmas=base, mu=mu)
 
-    def _transformer(self, tokens: torch.Tensor, sigma: torch.Tensor, cond: Cond, grid: tuple[int, int]):
+    def _transformer(
+        self, tokens: torch.Tensor, sigma: torch.Tensor, cond: Cond, grid: tuple[int, int]
+    ):
         """One transformer call on packed tokens [B, N, 4C]; the text cut to the longest prompt."""
         mask = cond["prompt_embeds_mask"]  # [B, L] bool, valid tokens first
         longest = int(mask.sum(dim=1).max())
@@ -170,7 +174,9 @@ class QwenImagePolicy(DiffusersPolicy):
         v_neg, v_cond = out.float().chunk(2)  # [B, N, 4C] each
         combined = v_neg + guidance_scale * (v_cond - v_neg)
         # Rescaled per token to the conditional prediction's norm (over the packed channels).
-        combined = combined * (v_cond.norm(dim=-1, keepdim=True) / combined.norm(dim=-1, keepdim=True))
+        combined = combined * (
+            v_cond.norm(dim=-1, keepdim=True) / combined.norm(dim=-1, keepdim=True)
+        )
         return unpack_latents(combined, h, w)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

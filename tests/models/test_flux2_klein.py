@@ -73,7 +73,9 @@ def test_distilled_checkpoints_ignore_guidance_like_the_pipeline(klein, tmp_path
     cond = base.encode_prompts(PROMPTS)
     x = base.initial_noise(2, torch.Generator().manual_seed(0))
     sigma = torch.full((2,), 0.7)
-    assert (base.velocity(x, sigma, cond, 4.0) - base.velocity(x, sigma, cond, 1.0)).abs().max() > 1e-3
+    assert (
+        base.velocity(x, sigma, cond, 4.0) - base.velocity(x, sigma, cond, 1.0)
+    ).abs().max() > 1e-3
     torch.testing.assert_close(
         distilled.velocity(x, sigma, cond, 4.0), base.velocity(x, sigma, cond, 1.0), rtol=0, atol=0
     )
@@ -116,7 +118,9 @@ def test_trainer_runs_two_iterations_on_policy_with_cfg(klein, tmp_path) -> None
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na big blue cat\n")
-    trainer = Trainer(_config(klein, prompts, f"model.max_sequence_length={TOKENS}"), tmp_path / "r")
+    trainer = Trainer(
+        _config(klein, prompts, f"model.max_sequence_length={TOKENS}"), tmp_path / "r"
+    )
     assert trainer.cfg.model.lora_target_modules[-1] == "to_qkv_mlp_proj"  # saved with the run
     before = _weights(trainer.policy)
     for _ in range(2):

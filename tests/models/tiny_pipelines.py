@@ -1,9 +1,10 @@
-"""Tiny random diffusers pipelines (SD3, FLUX), built offline and saved to a folder.
+"""Tiny random diffusers pipelines (SD3, FLUX, Qwen-Image, FLUX.2-klein), built offline.
 
 Every component comes from a small config (no hub access); the tokenizers are written as files
 (a byte-level CLIP ``vocab.json`` + ``merges.txt``; a T5 ``tokenizer.json`` built with the
-``tokenizers`` library) and loaded back with ``from_pretrained``. ``build_tiny_*`` return the folder
-written by ``pipeline.save_pretrained``; ``make_tiny_*`` return the in-memory pipeline.
+``tokenizers`` library; a byte-level BPE Qwen tokenizer) and loaded back with ``from_pretrained``.
+``build_tiny_*`` return the folder written by ``pipeline.save_pretrained``; ``make_tiny_*`` return
+the in-memory pipeline.
 
 Dimensions that must agree (the pipelines do not check them):
 - T5 ``d_model`` = transformer ``joint_attention_dim`` ≥ the two CLIP hidden sizes added (SD3
@@ -259,10 +260,10 @@ def make_tiny_flux(tmp_path: Path, seed: int = 0):
 # Qwen-Image drops the first 34 tokens of its templated prompt (the system prefix, as the real
 # tokenizer splits it): the tiny tokenizer merges every word of that prefix into one token, so
 # the same 34 tokens go and the embeddings start at the user's prompt, as with the real model.
-_QWEN_TEMPLATE_WORDS = (
-    "the image by detailing color shape size texture quantity text spatial relationships of "
-    "objects and background"
-).split()
+_QWEN_TEMPLATE_WORDS = [
+    "the", "image", "by", "detailing", "color", "shape", "size", "texture", "quantity", "text",
+    "spatial", "relationships", "of", "objects", "and", "background",
+]  # fmt: skip
 _QWEN_LINE_STARTS = ["system", "user", "assistant", "Describe"]  # words after a newline
 _QWEN_SPECIALS = [
     "<|endoftext|>",
