@@ -131,3 +131,16 @@ def test_trainer_runs_two_iterations_on_policy_with_cfg(klein, tmp_path) -> None
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed and all(n.startswith("transformer.") and ".lora_" in n for n in changed)
     assert any(".to_qkv_mlp_proj.lora_B." in n for n in changed)
+
+
+def test_bf16_with_offloaded_encoder_keeps_float32_maths(klein) -> None:
+    policy = klein.policy(max_sequence_length=TOKENS, dtype="bfloat16", offload_text_encoders=True)
+    cond = policy.encode_prompts(PROMPTS)
+    assert cond["prompt_embeds"].dtype == torch.bfloat16
+    assert policy.pipeline.vae.dtype == torch.float32
+    x = policy.initial_noise(2, torch.Generator().manual_seed(0))
+    v = policy.velocity(x, torch.full((2,), 0.5), cond, 2.5)
+    assert v.dtype == torch.float32 and torch.isfinite(v).all()
+    v.square().mean().backward()
+    assert all(p.grad is not None for p in policy.trainable_parameters())
+    assert policy.decode(x).dtype == torch.float32

@@ -175,3 +175,23 @@ def test_trainer_runs_two_iterations_on_policy_with_true_cfg(qwen, tmp_path) -> 
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed and all(n.startswith("transformer.") and ".lora_" in n for n in changed)
     assert any(".to_add_out.lora_B." in n for n in changed)
+
+
+def test_bf16_with_offloaded_encoder_keeps_float32_maths(qwen) -> None:
+    policy = qwen.policy(
+        max_sequence_length=LONG, dtype="bfloat16", offload_text_encoders=True, lora_rank=4
+    )
+    cond = policy.encode_prompts(PROMPTS)
+    assert cond["prompt_embeds"].dtype == torch.bfloat16
+    assert policy.pipeline.vae.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in policy.trainable_parameters())
+    x = policy.initial_noise(2, torch.Generator().manual_seed(0))
+    v = policy.velocity(x, torch.full((2,), 0.5), cond, 2.5)
+    assert v.dtype == torch.float32 and torch.isfinite(v).all()
+    v.square().mean().backward()
+    # Every LoRA weight learns but the last block's to_add_out: its text output is never read.
+    idle = [
+        n for n, p in policy.transformer.named_parameters() if p.requires_grad and p.grad is None
+    ]
+    assert idle and all(n.startswith("transformer_blocks.1.attn.to_add_out.") for n in idle)
+    assert policy.decode(x).dtype == torch.float32
