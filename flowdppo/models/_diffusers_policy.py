@@ -64,6 +64,7 @@ class DiffusersPolicy:
         max_sequence_length: int | None = None,
         prompt_cache_mb: float = DEFAULT_PROMPT_CACHE_MB,
         prompt_cache_device: str = "device",
+        **options: Any,
     ):
         """Build the policy from a pipeline object, a pipeline folder or a cached hub id.
 
@@ -74,7 +75,8 @@ class DiffusersPolicy:
         except while encoding new prompts. ``resolution`` None: the pipeline's default size.
         ``prompt_cache_mb``: budget of the prompt-embedding cache in MiB (least recently used
         prompts evicted first; 0: no cache), held on ``prompt_cache_device`` ("device": the
-        policy's device; "cpu": copied to the device on use).
+        policy's device; "cpu": copied to the device on use). ``options``: the family's own
+        constructor options (Wan: ``num_frames``, ``negative_prompt``).
         """
         device = torch.device(device)
         dtype = resolve_dtype(device, dtype)
@@ -96,6 +98,7 @@ class DiffusersPolicy:
                 "full_finetune": full_finetune,
                 "gradient_checkpointing": gradient_checkpointing,
             },
+            **options,
         )
 
     def __init__(
@@ -136,7 +139,7 @@ class DiffusersPolicy:
         """The diffusers pipeline class (imported lazily: diffusers is an optional extra)."""
         raise NotImplementedError
 
-    def _check_shapes(self) -> tuple[int, int, int]:
+    def _check_shapes(self) -> tuple[int, ...]:
         raise NotImplementedError
 
     def _encode_uncached(self, prompts: list[str]) -> Cond:

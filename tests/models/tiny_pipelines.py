@@ -1,4 +1,4 @@
-"""Tiny random diffusers pipelines (SD3, FLUX, Qwen-Image, FLUX.2-klein), built offline.
+"""Tiny random diffusers pipelines (SD3, FLUX, Qwen-Image, FLUX.2-klein, Wan), built offline.
 
 Every component comes from a small config (no hub access); the tokenizers are written as files
 (a byte-level CLIP ``vocab.json`` + ``merges.txt``; a T5 ``tokenizer.json`` built with the
@@ -515,4 +515,80 @@ def build_tiny_flux2_klein(tmp_path: Path, seed: int = 0) -> Path:
     """Build and save a tiny random ``Flux2KleinPipeline`` (undistilled: CFG); returns its folder."""
     out = Path(tmp_path) / "tiny_flux2_klein"
     make_tiny_flux2_klein(tmp_path, seed).save_pretrained(out)
+# Wan: frames must be 4k + 1 (temporal VAE factor 4), height and width multiples of 16 (spatial
+# VAE factor 8 × patch 2); the tiny video is WAN_NUM_FRAMES × WAN_HEIGHT × WAN_WIDTH.
+WAN_NUM_FRAMES = 5
+WAN_HEIGHT = 16
+WAN_WIDTH = 32
+
+
+def _umt5_encoder(folder: Path, seed: int):
+    """A tiny UMT5 encoder (Wan's text encoder) with the T5 tokenizer's files."""
+    from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
+
+    vocab_size = _write_t5_tokenizer(folder)
+    config = UMT5Config(
+        vocab_size=vocab_size,
+        d_model=_T5_WIDTH,
+        d_kv=8,
+        d_ff=48,
+        num_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    torch.manual_seed(seed)
+    return T5TokenizerFast.from_pretrained(folder), UMT5EncoderModel(config).eval()
+
+
+def make_tiny_wan(tmp_path: Path, seed: int = 0, *, expand_timesteps: bool = False):
+    """A tiny random in-memory ``WanPipeline`` (Wan2.1 layout; ``expand_timesteps`` as Wan2.2
+    TI2V: one timestep per latent token). VAE factors 4 (time) × 8 (space), as Wan's."""
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+
+    tok, enc = _umt5_encoder(Path(tmp_path) / "wan_parts" / "tok", seed=seed + 1)
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=4,
+        out_channels=4,
+        text_dim=_T5_WIDTH,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=2,
+        rope_max_seq_len=32,
+    )
+    torch.manual_seed(seed + 4)
+    vae = AutoencoderKLWan(
+        base_dim=4,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.1, -0.2, 0.05, 0.3],
+        latents_std=[1.5, 0.8, 1.2, 2.0],
+    ).eval()
+    return WanPipeline(
+        tokenizer=tok,
+        text_encoder=enc,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer,
+        expand_timesteps=expand_timesteps,
+    )
+
+
+def build_tiny_wan(tmp_path: Path, seed: int = 0) -> Path:
+    """Build and save a tiny random ``WanPipeline``; returns its folder."""
+    out = Path(tmp_path) / "tiny_wan"
+    make_tiny_wan(tmp_path, seed).save_pretrained(out)
     return out
