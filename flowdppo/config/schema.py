@@ -38,8 +38,8 @@ def _check(cond: bool, key: str, value: Any, expected: str) -> None:
 class ModelConfig:
     family: str = _f(
         "shapes",
-        "model family: shapes | sd3 | flux | qwen_image | flux2_klein",
-        choices=("shapes", "sd3", "flux", "qwen_image", "flux2_klein"),
+        "model family: shapes | sd3 | flux | qwen_image | flux2_klein | wan (text-to-video)",
+        choices=("shapes", "sd3", "flux", "qwen_image", "flux2_klein", "wan"),
     )
     pretrained: str | None = _f(
         None, "weights: a local folder or cached hub id (shapes: None = the shipped base)"
@@ -78,7 +78,8 @@ class ModelConfig:
     negative_prompt: str | None = _f(
         None,
         "qwen_image: the negative prompt of true CFG (sampling/eval guidance_scale > 1 is the "
-        "pipeline's true_cfg_scale); None = ' ', the model card's",
+        "pipeline's true_cfg_scale); None = ' ', the model card's. wan: the unconditional branch "
+        "of CFG; None = the empty prompt, as WanPipeline without one",
     )
     prompt_cache_mb: float = _f(
         2048.0,
@@ -87,21 +88,53 @@ class ModelConfig:
         "(SD3.5) / 4.0 MiB (FLUX.1) in bf16 at the default max_sequence_length, so 2048 holds 786 "
         "/ 511 prompts (docs/models.md); below one iteration's distinct prompts, updates re-encode",
     )
+    num_frames: int | None = _f(
+        None, "frames per video (wan: 4k + 1; None = 81, WanPipeline's default)"
+    )
+    height: int | None = _f(
+        None,
+        "video height in pixels, set with width (wan: a multiple of VAE scale × patch, 16 for Wan2.1; None = resolution, else 480)",
+    )
+    width: int | None = _f(
+        None,
+        "video width in pixels, set with height (wan: a multiple of VAE scale × patch, 16 for Wan2.1; None = resolution, else 832)",
+    )
 
     def validate(self) -> None:
         _check(self.lora_rank >= 1, "model.lora_rank", self.lora_rank, "an int >= 1")
         _check(self.lora_alpha > 0, "model.lora_alpha", self.lora_alpha, "a number > 0")
         _check(
-            self.negative_prompt is None or self.family == "qwen_image",
+            self.negative_prompt is None or self.family in ("qwen_image", "wan"),
             "model.negative_prompt",
             self.negative_prompt,
-            f"None for model.family {self.family!r} (only qwen_image takes a negative prompt)",
+            f"None for model.family {self.family!r} (only qwen_image and wan take a negative prompt)",
         )
         _check(
             math.isfinite(self.prompt_cache_mb) and self.prompt_cache_mb >= 0,
             "model.prompt_cache_mb",
             self.prompt_cache_mb,
             "a number of MiB >= 0 (0 = no cache)",
+        )
+        self._validate_video()
+
+    def _validate_video(self) -> None:
+        """The video options: wan only; frames and sides positive, height and width together."""
+        video = {"num_frames": self.num_frames, "height": self.height, "width": self.width}
+        for key, value in video.items():
+            if self.family != "wan":
+                _check(
+                    value is None,
+                    f"model.{key}",
+                    value,
+                    f"null (an option of family wan, not {self.family})",
+                )
+            elif value is not None:
+                _check(value >= 1, f"model.{key}", value, "an int >= 1")
+        _check(
+            (self.height is None) == (self.width is None),
+            "model.height/width",
+            (self.height, self.width),
+            "both set or both null",
         )
 
 

@@ -34,6 +34,7 @@ PIPELINE_CLASSES = {
     "flux": "FluxPipeline",
     "qwen_image": "QwenImagePipeline",
     "flux2_klein": "Flux2KleinPipeline",
+    "wan": "WanPipeline",
 }
 
 

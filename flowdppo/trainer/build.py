@@ -38,6 +38,7 @@ DIFFUSERS_POLICIES = {
     "flux": "flowdppo.models.flux:FluxPolicy",
     "qwen_image": "flowdppo.models.qwen_image:QwenImagePolicy",
     "flux2_klein": "flowdppo.models.flux2_klein:Flux2KleinPolicy",
+    "wan": "flowdppo.models.wan:WanPolicy",
 }
 
 
@@ -70,9 +71,19 @@ def _diffusers(family: str) -> Callable[[ModelConfig, torch.device, float | None
             kwargs["max_sequence_length"] = cfg.max_sequence_length
         if cfg.negative_prompt is not None:  # validated: only families with a negative prompt
             kwargs["negative_prompt"] = cfg.negative_prompt
+        if family == "wan":
+            kwargs.update(_video_options(cfg))
         return cls.from_pretrained(cfg.pretrained, **kwargs)
 
     return build
+
+
+def _video_options(cfg: ModelConfig) -> dict[str, Any]:
+    """The wan family's options: frames, and (height, width) over ``resolution``."""
+    out: dict[str, Any] = {"num_frames": cfg.num_frames}
+    if cfg.height is not None and cfg.width is not None:
+        out["resolution"] = (cfg.height, cfg.width)
+    return out
 
 
 POLICY_BUILDERS: dict[str, Callable[[ModelConfig, torch.device, float | None], Any]] = {
