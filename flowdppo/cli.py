@@ -89,7 +89,7 @@ def _eval(a: argparse.Namespace) -> int:
 def _sample(a: argparse.Namespace) -> int:
     from flowdppo.runs import load_run_policy
     from flowdppo.trainer.sampling import generate
-    from flowdppo.viz import save_grid
+    from flowdppo.viz import save_samples
 
     empty = [i + 1 for i, p in enumerate(a.prompt) if not p.strip()]
     if empty:
@@ -105,7 +105,7 @@ def _sample(a: argparse.Namespace) -> int:
         guidance_scale=cfg.eval_guidance_scale if a.cfg is None else a.cfg,
         seed=a.seed,
     )
-    print(save_grid(images, prompts, a.out, cols=a.n))
+    print(save_samples(images, prompts, a.out, cols=a.n))  # videos: an animated GIF
     return 0
 
 
@@ -237,7 +237,7 @@ def _add_run_commands(sub: Any) -> None:
         "train writes eval/iter_N_train/",
     )
     e.set_defaults(func=_eval)
-    s = sub.add_parser("sample", help="sample a run's policy into a PNG grid")
+    s = sub.add_parser("sample", help="sample a run's policy into a PNG grid (videos: a GIF)")
     s.add_argument("--run", required=True)
     s.add_argument("--prompt", action="append", required=True)
     s.add_argument("--n", type=positive_int, default=4, help="samples per prompt")

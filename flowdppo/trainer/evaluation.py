@@ -4,7 +4,7 @@ A registered prompt source with an evaluator (``flowdppo.trainer.sources``) samp
 itself: Shapes (``shapes:test``) gets the GenEval-style table of ``flowdppo.shapes.evaluate``
 (strict accuracy per category, TIFA, FD, diversity); any other source's first ``n`` prompts are
 sampled. Every source is also scored with the run's rewards: ``eval/reward_mean`` and
-``eval/<reward>``. Both write a sample grid when asked.
+``eval/<reward>``. Both write a sample grid when asked (videos: an animated GIF, ``viz.save_samples``).
 
 ``eval/kl_base`` (``kl_to_base``) is the exact KL from the policy to the base model along the
 policy's own stochastic trajectories on a fixed set of prompts and noises, the same at every
@@ -25,7 +25,7 @@ from flowdppo.rewards.compute import compute_rewards
 from flowdppo.trainer.data import load_prompts
 from flowdppo.trainer.sampling import generate
 from flowdppo.trainer.sources import EvalSamples, prompt_source
-from flowdppo.viz import save_grid
+from flowdppo.viz import save_samples
 
 
 def evaluate(
@@ -56,7 +56,8 @@ def evaluate(
         metrics["eval/kl_base"] = kl_to_base(policy, cfg, prompts, e.kl_samples, e.seed)
     if grid_path is not None:
         idx = _spread(len(prompts), 32)
-        save_grid(images[idx], [prompts[i] for i in idx], grid_path, marks=[marks[i] for i in idx])
+        captions, kept = [prompts[i] for i in idx], [marks[i] for i in idx]
+        save_samples(images[idx], captions, grid_path, marks=kept)  # videos: grid_path.gif
     return metrics
 
 

@@ -1,5 +1,5 @@
-"""Fixtures for the diffusers adapters: tiny SD3/FLUX/Qwen-Image/FLUX.2-klein pipelines saved once
-per session."""
+"""Fixtures for the diffusers adapters: tiny SD3/FLUX/Qwen-Image/FLUX.2-klein/Wan pipelines
+saved once per session."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from tiny_pipelines import (
     build_tiny_flux2_klein,
     build_tiny_qwen_image,
     build_tiny_sd3,
+    build_tiny_wan,
 )
 
 PROMPTS = ["a red circle", "a big blue cat"]
@@ -88,6 +89,11 @@ def tiny_qwen_image_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_flux2_klein_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_flux2_klein(tmp_path_factory.mktemp("flux2_klein"))
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_wan(tmp_path_factory.mktemp("wan"))
 
 
 @pytest.fixture(params=["sd3", "flux"])
