@@ -41,7 +41,7 @@ def save_video_grid(
 ) -> Path:
     """Save videos [N, F, 3, H, W] in [0, 1] as an animated GIF of F captioned grids (GIF frame
     f: every video's frame f, with a ``f/F`` counter; looping, ``fps`` frames per second, Wan's 16
-    by default). Pillow's GIF writer quantises each frame to 256 colours. Returns the path."""
+    by default, to GIF's 10 ms: ``gif_delay_ms``). Pillow's GIF writer quantises each frame to 256 colours. Returns the path."""
     if videos.ndim != 5 or videos.shape[2] != 3:
         raise ValueError(
             f"save_video_grid: videos must be [N, F, 3, H, W], got {tuple(videos.shape)}"
@@ -61,9 +61,15 @@ def save_video_grid(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheets[0].save(
-        path, save_all=True, append_images=sheets[1:], duration=round(1000 / fps), loop=0
+        path, save_all=True, append_images=sheets[1:], duration=gif_delay_ms(fps), loop=0
     )
     return path
+
+
+def gif_delay_ms(fps: float) -> int:
+    """A GIF frame's delay in ms for ``fps``: GIF stores hundredths of a second, so
+    ``10 · max(1, round(100 / fps))`` (16 fps: 60 ms, played at 16.7 fps)."""
+    return 10 * max(1, round(100 / fps))
 
 
 def save_samples(

@@ -28,6 +28,7 @@ CLASSES = {
     "flux": "flowdppo.models.flux:FluxPolicy",
     "qwen_image": "flowdppo.models.qwen_image:QwenImagePolicy",
     "flux2_klein": "flowdppo.models.flux2_klein:Flux2KleinPolicy",
+    "wan": "flowdppo.models.wan:WanPolicy",
 }
 
 

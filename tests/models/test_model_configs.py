@@ -1,5 +1,6 @@
 """The shipped GPU recipes parse: run configs against the schema, accelerate configs with
-accelerate's own loader, and the model section builds a policy's options."""
+accelerate's own loader, and the model section builds a policy's options (Wan: its video
+options)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,41 @@ def test_recipe_loads_with_reference_hyper_parameters(name) -> None:
     assert cfg.loss.name == "flow_dppo" and cfg.loss.delta == 1e-5
     images = cfg.sampling.prompts_per_iter * cfg.sampling.group_size
     assert 768 <= images <= 1024
+
+
+def test_wan_recipe_loads_with_valid_video_options() -> None:
+    load = pytest.importorskip("flowdppo.config.load")
+    from flowdppo.models.wan import WAN_NEGATIVE_PROMPT
+    from flowdppo.trainer.build import _video_options
+
+    cfg = load.load_config(ROOT / "configs" / "wan21_t2v_1.3b_flowdppo.yaml")
+    m = cfg.model
+    assert (m.family, m.pretrained) == ("wan", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    assert (m.num_frames - 1) % 4 == 0 and m.height % 16 == 0 and m.width % 16 == 0
+    assert m.negative_prompt == WAN_NEGATIVE_PROMPT
+    assert m.offload_text_encoders and m.gradient_checkpointing
+    assert _video_options(m) == {
+        "num_frames": 33,
+        "negative_prompt": WAN_NEGATIVE_PROMPT,
+        "resolution": (480, 832),
+    }
+    assert [r.name for r in cfg.rewards] == ["video_frames", "temporal_consistency"]
+    assert cfg.sampling.guidance_scale == 5.0 and cfg.loss.delta == 1e-5
+
+
+def test_video_options_are_validated() -> None:
+    load = pytest.importorskip("flowdppo.config.load")
+    wan = ["model.family=wan", "model.pretrained=x/y"]
+    with pytest.raises(
+        ValueError, match=r"model.num_frames: expected null \(an option of family wan"
+    ):
+        load.load_config(None, ["model.family=sd3", "model.num_frames=5"])
+    with pytest.raises(ValueError, match="model.height/width: expected both set or both null"):
+        load.load_config(None, [*wan, "model.height=480"])
+    with pytest.raises(ValueError, match="model.num_frames: expected an int >= 1"):
+        load.load_config(None, [*wan, "model.num_frames=0"])
+    with pytest.raises(ValueError, match="model.family"):
+        load.load_config(None, ["model.family=wan2"])
 
 
 @pytest.mark.parametrize("name", ["ddp.yaml", "fsdp.yaml", "deepspeed_zero2.yaml"])
