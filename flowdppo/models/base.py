@@ -89,7 +89,8 @@ class Policy(Protocol):
         ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents [B, *latent_shape] to images [B, 3, H, W], float32 in [0, 1]."""
+        """Latents [B, *latent_shape] to images [B, 3, H, W], float32 in [0, 1] (a video
+        policy: frames [B, F, 3, H, W])."""
         ...
 
     def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:

@@ -93,7 +93,9 @@ class WanPolicy(DiffusersPolicy):
                 "Wan2.1 or Wan2.2-TI2V-5B checkpoint"
             )
         if negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise TypeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
+            raise TypeError(
+                f"negative_prompt must be a string, got {type(negative_prompt).__name__}"
+            )
         self.num_frames = DEFAULT_NUM_FRAMES if num_frames is None else int(num_frames)
         self.negative_prompt = negative_prompt or ""
         super().__init__(pipeline, resolution=video_size(resolution), **kwargs)

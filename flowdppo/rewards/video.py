@@ -19,8 +19,9 @@
   frame's CLIP image embedding (``flowdppo.rewards.clip.ClipEmbedder``, the model's own
   preprocessing). Detail: ``min_similarity``, the lowest consecutive-frame cosine (a cut).
 
-A real video reward model can be served with ``flowdppo reward-server`` and reached through the
-``remote`` reward, which sends each frame as an image.
+An image reward served with ``flowdppo reward-server`` scores frames through ``video_frames`` with
+``reward: remote``; the remote protocol carries images, not videos, so a video reward model
+(one score from all frames at once) cannot be served through it.
 """
 
 from __future__ import annotations

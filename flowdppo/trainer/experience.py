@@ -46,7 +46,7 @@ class Experience:
     sigma: torch.Tensor  # [K]
     sigma_next: torch.Tensor  # [K]
     step_index: torch.Tensor  # [K]
-    images: torch.Tensor  # [B, 3, H, W] in [0, 1]
+    images: torch.Tensor  # [B, 3, H, W] in [0, 1] (videos: [B, F, 3, H, W])
     rewards: RewardBatch | None = None
     batch_metadata: list[dict[str, Any]] = field(default_factory=list)  # [P] all processes' prompts
     advantages: torch.Tensor | None = None  # [B]

@@ -28,7 +28,8 @@ def generate(
     progress: bool = False,
     velocity: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """ODE samples of ``prompts``: images [N, 3, H, W] in [0, 1]; noise of sample j seeded (seed, j).
+    """ODE samples of ``prompts``: images [N, 3, H, W] in [0, 1] (videos: [N, F, 3, H, W]); noise
+    of sample j seeded (seed, j).
 
     ``velocity(x, sigma, cond)`` replaces the policy's own CFG velocity (``cond``: the batch's
     encoded prompts), for samplers built from the policy, e.g. one that switches to the reference

@@ -57,11 +57,11 @@ def test_video_options_are_validated() -> None:
         ValueError, match=r"model.num_frames: expected null \(an option of family wan"
     ):
         load.load_config(None, ["model.family=sd3", "model.num_frames=5"])
-    with pytest.raises(ValueError, match="model.height/width: expected both set or both null"):
+    with pytest.raises(ValueError, match=r"model\.height/width: expected both set or both null"):
         load.load_config(None, [*wan, "model.height=480"])
-    with pytest.raises(ValueError, match="model.num_frames: expected an int >= 1"):
+    with pytest.raises(ValueError, match=r"model\.num_frames: expected an int >= 1"):
         load.load_config(None, [*wan, "model.num_frames=0"])
-    with pytest.raises(ValueError, match="model.family"):
+    with pytest.raises(ValueError, match=r"model\.family"):
         load.load_config(None, ["model.family=wan2"])
 
 
