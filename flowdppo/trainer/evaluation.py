@@ -77,7 +77,8 @@ def write_eval(metrics: dict, table_md: str, out: Path) -> None:
     (out / "eval.json").write_text(json.dumps(metrics, indent=2))
     (out / "eval.md").write_text(table_md)
     print(table_md)
-    print(f"written: {out / 'eval.json'}, {out / 'eval.md'}, {out / 'grid.png'}")
+    grid = out / "grid.gif" if (out / "grid.gif").exists() else out / "grid.png"  # videos: GIF
+    print(f"written: {out / 'eval.json'}, {out / 'eval.md'}, {grid}")
 
 
 def _reward_metrics(rewards: list, images, prompts: list[str], meta: list[dict]) -> dict:
