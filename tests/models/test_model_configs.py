@@ -41,11 +41,7 @@ def test_wan_recipe_loads_with_valid_video_options() -> None:
     assert (m.num_frames - 1) % 4 == 0 and m.height % 16 == 0 and m.width % 16 == 0
     assert m.negative_prompt == WAN_NEGATIVE_PROMPT
     assert m.offload_text_encoders and m.gradient_checkpointing
-    assert _video_options(m) == {
-        "num_frames": 33,
-        "negative_prompt": WAN_NEGATIVE_PROMPT,
-        "resolution": (480, 832),
-    }
+    assert _video_options(m) == {"num_frames": 33, "resolution": (480, 832)}
     assert [r.name for r in cfg.rewards] == ["video_frames", "temporal_consistency"]
     assert cfg.sampling.guidance_scale == 5.0 and cfg.loss.delta == 1e-5
 

@@ -515,6 +515,8 @@ def build_tiny_flux2_klein(tmp_path: Path, seed: int = 0) -> Path:
     """Build and save a tiny random ``Flux2KleinPipeline`` (undistilled: CFG); returns its folder."""
     out = Path(tmp_path) / "tiny_flux2_klein"
     make_tiny_flux2_klein(tmp_path, seed).save_pretrained(out)
+
+
 # Wan: frames must be 4k + 1 (temporal VAE factor 4), height and width multiples of 16 (spatial
 # VAE factor 8 × patch 2); the tiny video is WAN_NUM_FRAMES × WAN_HEIGHT × WAN_WIDTH.
 WAN_NUM_FRAMES = 5
