@@ -515,6 +515,7 @@ def build_tiny_flux2_klein(tmp_path: Path, seed: int = 0) -> Path:
     """Build and save a tiny random ``Flux2KleinPipeline`` (undistilled: CFG); returns its folder."""
     out = Path(tmp_path) / "tiny_flux2_klein"
     make_tiny_flux2_klein(tmp_path, seed).save_pretrained(out)
+    return out
 
 
 # Wan: frames must be 4k + 1 (temporal VAE factor 4), height and width multiples of 16 (spatial
