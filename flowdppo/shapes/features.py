@@ -198,7 +198,8 @@ def load_feature_net(path: str | Path | None = None) -> FeatureNet:
     cfg = json.loads(meta.get("config", "{}"))
     if "channels" in cfg:
         cfg["channels"] = tuple(cfg["channels"])
-    net = FeatureNet(FeatureNetConfig(**cfg))
+    with torch.random.fork_rng(devices=[]):  # its random init, overwritten, must not draw from
+        net = FeatureNet(FeatureNetConfig(**cfg))  # the run's generator (exact resume)
     net.load_state_dict(state)
     return net.eval()
 

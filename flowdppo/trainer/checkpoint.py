@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from flowdppo.trainer.crashpoints import crash_point
+
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"iter_\d{6,}\Z")
 
@@ -117,6 +119,7 @@ def save_checkpoint(
             save_file(ema_state, str(tmp / "ema.safetensors"))
         tensors, meta = _optimizer_files(optimizer.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"))
+        crash_point("checkpoint_write")
         (tmp / "optimizer.json").write_text(json.dumps(meta))
         save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
         (tmp / "state.json").write_text(json.dumps({**(extra or {}), "iteration": iteration}))
@@ -130,6 +133,7 @@ def save_checkpoint(
         raise
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    crash_point("checkpoint_renamed")
     (root / "latest.tmp").write_text(final.name)
     _fsync(root / "latest.tmp")
     (root / "latest.tmp").replace(root / "latest")

@@ -27,6 +27,7 @@ from flowdppo.config.schema import RunConfig, SamplingConfig
 from flowdppo.core import gaussian_kl, recompute_step, sample
 from flowdppo.models.base import Policy
 from flowdppo.rewards.compute import RewardBatch, RewardError, compute_rewards
+from flowdppo.trainer.crashpoints import crash_point
 
 
 @dataclass
@@ -201,6 +202,7 @@ def collect(
                 cfg.reward_on_error,
             )
         )
+        crash_point("rollout")
     t0 = time.perf_counter()
     scored = [f.result() for f in futures]
     wait = time.perf_counter() - t0

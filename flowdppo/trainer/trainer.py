@@ -34,6 +34,7 @@ from flowdppo.trainer.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from flowdppo.trainer.crashpoints import crash_point
 from flowdppo.trainer.data import balance_by, load_prompts, prompt_indices
 from flowdppo.trainer.ema import EMA
 from flowdppo.trainer.evaluation import evaluate
@@ -298,6 +299,7 @@ class Trainer:
         metrics["time/eval_s"] = time.perf_counter() - t0
         alarms, messages = self._alarms(metrics)
         metrics.update(alarms)
+        crash_point("eval")
         self.logger.log("eval", self.iteration, metrics)
         for msg in messages:
             warnings.warn(f"iteration {self.iteration}: {msg}", stacklevel=2)
@@ -372,6 +374,7 @@ class Trainer:
                 kl_shown = "n/a"  # the last kl/ref_mean (measured every train.kl_ref_every)
                 while self.iteration < end and not self._stop_requested(bool(interrupted())):
                     m = self.step()
+                    crash_point("logged")
                     if self._count_skipped(m):
                         break
                     if self._stop_requested(time.monotonic() >= deadline):  # budget spent: end here

@@ -21,6 +21,7 @@ import torch
 from flowdppo.config.schema import RunConfig
 from flowdppo.core import LossInputs, compute_loss, gaussian_kl, recompute_step
 from flowdppo.models.base import Policy
+from flowdppo.trainer.crashpoints import crash_point
 from flowdppo.trainer.experience import Experience
 
 
@@ -282,6 +283,7 @@ def update_policy(
             optimizer.step()
             _check_weights(params, iteration, lr)
             after_step()
+            crash_point("update")
         else:
             skipped += 1
             what = (

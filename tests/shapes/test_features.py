@@ -103,3 +103,16 @@ def test_training_and_loading_reject_bad_arguments(tmp_path):
         train_feature_net(tmp_path / "x.safetensors", steps=0)
     with pytest.raises(ValueError, match="path: no feature net at"):
         load_feature_net(tmp_path / "missing.safetensors")
+
+
+def test_loading_the_feature_net_leaves_the_global_generator_alone() -> None:
+    """Its layers' random initialisation (overwritten by the weights) must not draw from torch's
+    global generator: the evaluation loads it once per process, so a draw there made a resumed
+    run's checkpointed RNG state differ from an uninterrupted run's."""
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    net = load_feature_net()
+    assert torch.equal(torch.get_rng_state(), before)
+    again = load_feature_net()  # and the weights are the file's, whatever the generator
+    a, b = net.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
