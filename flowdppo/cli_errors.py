@@ -25,11 +25,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ConfigError, ValueErr
 
 
 def run_errors() -> tuple[type[BaseException], ...]:
-    """Run-time failures (exit 1), reported in one line: a reward, non-finite training."""
+    """Run-time failures (exit 1), reported in one line: a reward, non-finite training, a
+    checkpoint that could not be written."""
     from flowdppo.rewards.compute import RewardError
+    from flowdppo.trainer.checkpoint import CheckpointWriteError
     from flowdppo.trainer.update import NonFiniteError
 
-    return (RewardError, NonFiniteError)
+    return (RewardError, NonFiniteError, CheckpointWriteError)
 
 
 def run_command(func: Callable[[Any], int | None], args: Any, debug: bool) -> int:

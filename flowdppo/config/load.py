@@ -8,6 +8,7 @@ every value to its field's declared type, and validates the result.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -159,5 +160,13 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (what the run actually used)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML (what the run actually used), atomically: a run killed
+    while writing it keeps the previous file (a cut YAML file may still parse, with defaults in
+    place of the lost keys)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)

@@ -34,10 +34,20 @@ from flowdppo.trainer.crashpoints import crash_point
 
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"iter_\d{6,}\Z")
+KEEP = 2  # checkpoints kept
+MARGIN_BYTES = 64 * 2**20  # free space asked beyond the checkpoints: metrics, sample grids, logs
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, changed or unsafe; the message names the file."""
+
+
+class RunDirError(OSError):
+    """The run directory cannot be used: not writable, or too little free space; one line."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, lost permissions); the previous one is intact."""
 
 
 def _named_trainable(policy: Any) -> dict[str, torch.Tensor]:
@@ -101,7 +111,7 @@ def save_checkpoint(
     policy: Any,
     optimizer: torch.optim.Optimizer,
     ema: Any,
-    keep: int = 2,
+    keep: int = KEEP,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint of the state *after* ``iteration`` iterations (atomically).
@@ -141,6 +151,65 @@ def save_checkpoint(
     for old in sorted(p for p in root.glob("iter_*") if p != final)[: -max(keep - 1, 0) or None]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_bytes(policy: Any, ema: Any, moments: int = 2) -> int:
+    """The size of one checkpoint, estimated before the first: the trainable weights, the
+    optimizer's ``moments`` tensors of each (AdamW: its two moments, in the weights' dtype;
+    empty until its first step, so not measurable then) and the EMA's weights."""
+    weights = sum(t.numel() * t.element_size() for t in policy.trainable_state_dict().values())
+    shadow = (
+        0 if ema is None else sum(t.numel() * t.element_size() for t in ema.state_dict().values())
+    )
+    return (1 + moments) * weights + shadow
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_run_dir(run_dir: Path, checkpoint_size: int, keep: int = KEEP) -> None:
+    """Refuse a run directory that cannot hold the run, before its first iteration.
+
+    It must be writable (a file is created, fsynced and removed), and its disk must have free
+    ``(keep + 1) × checkpoint_size`` (the peak of a save: ``keep`` checkpoints kept and the one
+    being written beside them), less the checkpoints already there, plus ``MARGIN_BYTES``.
+    Raises ``RunDirError`` naming the path, the free and the needed space.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write_probe_{os.getpid()}"
+        with probe.open("wb") as f:
+            f.write(b"flowdppo")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise RunDirError(
+            f"the run directory {run_dir} is not writable: {err.strerror or err}"
+        ) from err
+    there = sum(f.stat().st_size for f in (run_dir / "checkpoints").glob("iter_*/*") if f.is_file())
+    needed = max(0, (keep + 1) * checkpoint_size - there) + MARGIN_BYTES
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise RunDirError(
+            f"not enough free disk space for the run directory {run_dir}: {_size(free)} free, "
+            f"{_size(needed)} needed ({keep + 1} checkpoints of {_size(checkpoint_size)} at the "
+            f"peak of a save, plus {_size(MARGIN_BYTES)} for logs and samples)"
+        )
+
+
+def write_failure(run_dir: Path, iteration: int, err: OSError | None) -> CheckpointWriteError:
+    """The one-line error of a checkpoint that could not be written (``err``: the main
+    process's error; None on the others)."""
+    last = latest_checkpoint(run_dir) if err is not None else None
+    why = (err.strerror or str(err)) if err is not None else "on process 0"
+    return CheckpointWriteError(
+        f"writing the checkpoint of iteration {iteration} to {run_dir / 'checkpoints'} failed: "
+        f"{why}; "
+        + (f"{last.name} is intact: " if last else "no checkpoint was saved before: ")
+        + f"free space (or fix permissions) and resume with `flowdppo resume {run_dir}`"
+    )
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -29,10 +29,14 @@ from flowdppo.rewards.compute import RewardError
 from flowdppo.trainer.alarms import check_alarms
 from flowdppo.trainer.build import build_policy, build_run_rewards, resolve_untrained_precision
 from flowdppo.trainer.checkpoint import (
+    RunDirError,
+    check_run_dir,
+    checkpoint_bytes,
     checkpoint_state,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    write_failure,
 )
 from flowdppo.trainer.crashpoints import crash_point
 from flowdppo.trainer.data import balance_by, load_prompts, prompt_indices
@@ -109,8 +113,8 @@ class Trainer:
         note = resolve_untrained_precision(cfg, self.acc.device)  # auto → full | reduced, saved
         if note and self.is_main:
             print(note, file=sys.stderr)
+        self._check_run_dir()
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
         # A fresh run starts metrics.jsonl empty (-1: no line kept); a resumed one keeps the lines
         # up to its checkpoint's iteration (the lines after it are about to be redone).
@@ -126,6 +130,18 @@ class Trainer:
     @property
     def is_main(self) -> bool:
         return self.acc.is_main_process
+
+    def _check_run_dir(self) -> None:
+        """Before anything is written: the run directory is writable and its disk can hold the
+        checkpoints (``check_run_dir``); every process raises when the main one cannot."""
+        problem = None
+        if self.is_main:
+            try:
+                check_run_dir(self.run_dir, checkpoint_bytes(self.policy, self.ema))
+            except RunDirError as err:
+                problem = err
+        if self._on_any_process(problem is not None):
+            raise problem or RunDirError(f"process 0 cannot use {self.run_dir} (see its error)")
 
     def _reduce(self, t: torch.Tensor, op: str) -> torch.Tensor:
         if self.acc.num_processes == 1:
@@ -316,12 +332,19 @@ class Trainer:
         return check_alarms(self.cfg.alarms, [*evals, {**metrics, "iter": self.iteration}])
 
     def save(self) -> None:
+        """Write the checkpoint (main process); a failed write (a full disk, lost permissions)
+        raises ``CheckpointWriteError`` on every process, the previous checkpoint intact."""
+        failed: OSError | None = None
         if self.is_main:
             extra = None if self.trust is None else {"trust": self.trust.state_dict()}
-            save_checkpoint(
-                self.run_dir, self.iteration, self.policy, self.optimizer, self.ema, extra=extra
-            )
-        self.acc.wait_for_everyone()
+            try:
+                save_checkpoint(
+                    self.run_dir, self.iteration, self.policy, self.optimizer, self.ema, extra=extra
+                )
+            except OSError as err:
+                failed = err
+        if self._on_any_process(failed is not None):  # a collective: every process waits here
+            raise write_failure(self.run_dir, self.iteration, failed) from failed
         self._saved_at = self.iteration
 
     def _count_skipped(self, metrics: dict[str, float]) -> bool:
@@ -337,6 +360,10 @@ class Trainer:
 
     def _stop_requested(self, local: bool) -> bool:
         """Whether any process was interrupted (all processes must leave the loop together)."""
+        return self._on_any_process(local)
+
+    def _on_any_process(self, local: bool) -> bool:
+        """Whether ``local`` is true on any process (a collective: every process calls it)."""
         if self.acc.num_processes == 1:
             return local
         return bool(self._reduce(torch.tensor([float(local)]), "max")[0] > 0)

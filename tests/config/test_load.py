@@ -238,3 +238,22 @@ def test_clip_range_defaults_to_the_losss_own_and_is_saved(tmp_path, name, eps) 
         assert cfg.loss.hparams() == {"clip_range": 2e-6, "reduction": "mean", "scale": "term"}
         cfg = load_config(None, ["loss.name=grpo_guard", "loss.guard_scale=batch"])
         assert cfg.loss.hparams()["scale"] == "batch"
+
+
+def test_dump_config_never_leaves_a_cut_file(tmp_path, monkeypatch) -> None:
+    """A write that fails (or is killed) before it is complete leaves the previous config.yaml
+    whole: a cut YAML file can still parse, with defaults in place of the lost keys."""
+    from flowdppo.config import load as load_module
+
+    path = tmp_path / "config.yaml"
+    old = load_config(None, ["train.seed=5"])
+    dump_config(old, path)
+    before = path.read_text()
+
+    def fail(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(load_module.os, "fsync", fail)
+    with pytest.raises(OSError, match="No space left"):
+        dump_config(load_config(None, ["train.seed=7"]), path)
+    assert path.read_text() == before and load_config(path).train.seed == 5
