@@ -1,12 +1,12 @@
 """The ``flowdppo`` command line. Every command is a thin call into the library.
 
-flowdppo train [CONFIG] [--set k=v ...] [--max-iters N] --out DIR [--resume]
-flowdppo resume DIR [--max-iters N] [--set k=v ...] [--allow-config-change]
+flowdppo train [CONFIG] [--set k=v ...] [--max-iters N] --out DIR [--resume] [--no-progress]
+flowdppo resume DIR [--max-iters N] [--set k=v ...] [--allow-config-change] [--no-progress]
 flowdppo eval --run DIR [--n N] [--steps S] [--cfg G] [--split test|train]
 flowdppo sample --run DIR --prompt P [--prompt P ...] [--n 4] --out grid.png
 flowdppo plot --run DIR [--run DIR ...] --out plot.png
 flowdppo export --run DIR --out DIR
-flowdppo demo [--out DIR]
+flowdppo demo [--out DIR] [--no-progress]
 flowdppo shapes pretrain|eval|render ...
 flowdppo reward-server --reward NAME --port P
 
@@ -42,7 +42,7 @@ def _train(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        trainer.train(a.max_iters)
+        trainer.train(a.max_iters, progress=not a.no_progress)
     except StopRequested as stop:
         print(f"stopped; resume with: flowdppo resume {out}", file=sys.stderr)
         return 128 + stop.signum
@@ -152,7 +152,7 @@ def _demo(a: argparse.Namespace) -> int:
     cfg, resume = prepare_run(out, None, a.set, has_checkpoint(out), False)
     trainer = Trainer(cfg, out, resume=resume)
     try:
-        trainer.train()
+        trainer.train(progress=not a.no_progress)
     except StopRequested as stop:  # as `train`: a clean stop, not a traceback
         print(f"stopped; run `flowdppo demo --out {out}` again to resume", file=sys.stderr)
         return 128 + stop.signum
@@ -201,6 +201,7 @@ def _add_training_commands(sub: Any) -> None:
         "recorded in RUN/config_changes.jsonl; the run is then no longer one exact run)"
     )
     t.add_argument("--allow-config-change", action="store_true", help=allow)
+    _add_no_progress(t)
     t.set_defaults(func=_train)
     r = sub.add_parser(
         "resume",
@@ -215,7 +216,16 @@ def _add_training_commands(sub: Any) -> None:
         "train.save_every, train.sample_every, train.max_minutes)",
     )
     r.add_argument("--allow-config-change", action="store_true", help=allow)
+    _add_no_progress(r)
     r.set_defaults(func=_resume)
+
+
+def _add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (the evaluations' bar is also off when stderr is not a terminal)",
+    )
 
 
 def _add_run_commands(sub: Any) -> None:
@@ -295,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(sub)
     d = sub.add_parser("demo", help="the Shapes demo: train with the defaults, then plot")
     d.add_argument("--out", default="runs/demo")
+    _add_no_progress(d)
     _add_set(d)
     d.set_defaults(func=_demo)
     register_shapes(sub)

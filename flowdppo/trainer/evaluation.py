@@ -23,7 +23,7 @@ from flowdppo.config.schema import RunConfig
 from flowdppo.core import gaussian_kl, recompute_step, sample
 from flowdppo.rewards.compute import compute_rewards
 from flowdppo.trainer.data import load_prompts
-from flowdppo.trainer.sampling import generate
+from flowdppo.trainer.sampling import counted, generate
 from flowdppo.trainer.sources import EvalSamples, prompt_source
 from flowdppo.viz import save_samples
 
@@ -119,8 +119,10 @@ def kl_to_base(policy: Any, cfg: RunConfig, prompts: list[str], n: int, seed: in
         noise = torch.stack([torch.randn(len(pool), *shape, generator=g) for g in gens])
         cond = policy.encode_prompts(batch)
 
-        def velocity(x: torch.Tensor, sigma: torch.Tensor, cond: Any = cond) -> torch.Tensor:
+        def field(x: torch.Tensor, sigma: torch.Tensor, cond: Any = cond) -> torch.Tensor:
             return policy.velocity(x, sigma, cond, s.guidance_scale)
+
+        velocity = counted(field, t + len(pool))  # the rollout's steps, then the base's
 
         out = sample(
             velocity,

@@ -3,17 +3,55 @@ and the Shapes evaluation.
 
 Sample ``j`` starts from noise seeded by ``(seed, j)`` whatever the batching, so every call with
 the same prompts and seed sees the same noise, on every model.
+
+Inside ``step_progress(...)`` every denoising step of ``generate`` (and of any loop that calls
+``counted``) moves one progress bar, whose ETA is then that of the steps announced so far: the
+trainer shows its evaluations this way, which take minutes on a CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from flowdppo.core import sample
+
+_BARS: list[Any] = []  # the bar of the innermost step_progress, if any
+
+
+@contextmanager
+def step_progress(desc: str, enabled: bool, file: Any = None) -> Iterator[Any]:
+    """A progress bar over the denoising steps run inside (``generate``, ``counted``), with an
+    ETA; off when ``enabled`` is False or ``file`` (default stderr) is not a terminal."""
+    off = None if enabled else True  # None: tqdm turns it off on a file that is not a terminal
+    bar = tqdm(total=0, desc=desc, unit="step", disable=off, leave=False, file=file)
+    _BARS.append(bar)
+    try:
+        yield bar
+    finally:
+        _BARS.remove(bar)
+        bar.close()
+
+
+def counted(fn: Callable[..., torch.Tensor], calls: int) -> Callable[..., torch.Tensor]:
+    """``fn`` moving the active ``step_progress`` bar by one per call; ``calls`` (the calls
+    about to be made) is added to its total first. ``fn`` itself when no bar is active."""
+    if not _BARS:
+        return fn
+    bar = _BARS[-1]
+    bar.total += calls
+    bar.refresh()
+
+    def call(*args: Any) -> torch.Tensor:
+        out = fn(*args)
+        bar.update(1)
+        return out
+
+    return call
 
 
 @torch.no_grad()
@@ -37,6 +75,7 @@ def generate(
     field = velocity or (lambda x, s, c: policy.velocity(x, s, c, guidance_scale))
     out = []
     sigmas = policy.sigmas(steps)
+    field = counted(field, -(-len(prompts) // batch_size) * steps)  # one call per step
     for lo in tqdm(
         range(0, len(prompts), batch_size), desc="sampling", disable=not progress, unit="batch"
     ):

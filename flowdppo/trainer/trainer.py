@@ -45,6 +45,7 @@ from flowdppo.trainer.evaluation import evaluate
 from flowdppo.trainer.experience import Experience, collect, kl_to_reference
 from flowdppo.trainer.guards import check_master_precision, noise_floor_warning
 from flowdppo.trainer.logging import RunLogger, read_metrics
+from flowdppo.trainer.sampling import step_progress
 from flowdppo.trainer.update import NonFiniteError, update_policy
 
 
@@ -125,6 +126,7 @@ class Trainer:
         self._alarm_fired = False  # set by evaluate(): an alarm fired at the last evaluation
         self._floor_warned = False  # the noise-floor warning is given once per process
         self._skipped_in_a_row = 0  # updates skipped (non-finite) since an iteration skipped none
+        self._progress = False  # progress bars, set by train()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
 
     @property
@@ -310,7 +312,7 @@ class Trainer:
         t0 = time.perf_counter()
         path = self.run_dir / "samples" / f"iter_{self.iteration:06d}.png" if grid else None
         ctx = self.ema.swapped_in() if self.ema is not None else nullcontext()
-        with ctx:
+        with ctx, step_progress(f"eval {self.iteration}", self._progress):
             metrics = evaluate(self.policy, self.cfg, self.rewards, path)
         metrics["time/eval_s"] = time.perf_counter() - t0
         alarms, messages = self._alarms(metrics)
@@ -384,6 +386,7 @@ class Trainer:
         t = self.cfg.train
         end = max_iters if max_iters is not None else t.max_iters
         e = self.cfg.eval.every
+        self._progress = progress and self.is_main  # the evaluations' bars too
         bar = tqdm(
             total=end,
             initial=self.iteration,
@@ -398,6 +401,7 @@ class Trainer:
                 )
                 if self.iteration == 0 and e > 0 and not self.logger.has("eval", 0):
                     self.evaluate()  # not again when resuming a checkpoint of iteration 0
+                    bar.unpause()  # the rate, and the ETA, are the iterations' alone
                 kl_shown = "n/a"  # the last kl/ref_mean (measured every train.kl_ref_every)
                 while self.iteration < end and not self._stop_requested(bool(interrupted())):
                     m = self.step()
@@ -416,6 +420,7 @@ class Trainer:
                             grid=self.iteration % max(t.sample_every, 1) == 0
                             or self.iteration == end
                         )
+                        bar.unpause()
                         if "eval/strict_overall" in ev:
                             bar.write(
                                 f"iter {self.iteration}: eval strict {100 * ev['eval/strict_overall']:.1f}%"
