@@ -4,9 +4,10 @@ An uninterrupted ``flowdppo train`` of a tiny random Shapes model (the tests'
 ``tests/trainer/tiny.py``: ``--iters`` iterations, a checkpoint after each, the Shapes evaluation
 every ``--eval-every``) gives the reference and its wall time T (the process's, imports
 included). Each trial trains the same run in a fresh folder and sends SIGKILL (``kill -9``, from
-outside) after a delay drawn uniformly from [t0, T], t0 the moment the reference wrote its
-``config.yaml`` (before it the process imports and builds the model and writes nothing;
-``--from-start``: t0 = 0); then ``flowdppo resume`` (killed the same way
+outside) a delay drawn uniformly from [0, T - t0] after the process wrote its ``config.yaml``,
+t0 the moment the reference wrote its own (before it, the process imports and builds the model
+and writes nothing; ``--from-start``: the delay is drawn from [0, T] and counted from the
+process's start); then ``flowdppo resume`` (killed the same way
 ``--kills`` - 1 more times; ``flowdppo train`` again when the kill came before the run wrote
 anything), and a last ``flowdppo resume`` to the end. After each kill the
 newest checkpoint's files are checked against its manifest (a failure is *corrupt*) and where
@@ -42,12 +43,14 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 def flowdppo(
     args: list[str], kill_after: float | None = None, watch: Path | None = None
 ) -> tuple[int, float, str, float | None]:
-    """Run ``flowdppo ARGS``; SIGKILL it after ``kill_after`` s if still running. Returns (exit
-    code, -9 when killed; wall seconds; stderr's tail; seconds until ``watch`` existed, or None)."""
+    """Run ``flowdppo ARGS``; SIGKILL it ``kill_after`` s after it wrote ``watch`` (a file it
+    writes when its run starts: ``config.yaml``; None: after its start), if still running.
+    Returns (exit code, -9 when killed; wall seconds; stderr's tail; seconds from the start
+    until ``watch`` was written, or None)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     env.pop("FLOWDPPO_KILL_AT", None)
-    t0 = time.monotonic()
-    seen = None
+    t0, wall0 = time.monotonic(), time.time()
+    seen = None if watch is not None else 0.0
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "flowdppo.cli", *args],
@@ -57,15 +60,23 @@ def flowdppo(
             text=True,
         )
         while proc.poll() is None:
-            if kill_after is not None and time.monotonic() - t0 >= kill_after:
+            now = time.monotonic() - t0
+            if seen is None and watch is not None and _written_since(watch, wall0):
+                seen = now
+            if kill_after is not None and seen is not None and now - seen >= kill_after:
                 proc.kill()  # SIGKILL
                 break
-            if watch is not None and seen is None and watch.exists():
-                seen = time.monotonic() - t0
             time.sleep(0.01)
         code = proc.wait()
         err.seek(0)
         return code, time.monotonic() - t0, err.read()[-2000:], seen
+
+
+def _written_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
 
 
 def landed(run: Path, since: float) -> str:
@@ -137,15 +148,21 @@ def differences(ref: Path, run: Path, iters: int) -> list[str]:
 
 
 def trial(
-    sets: list[str], out: Path, kills: int, horizon: tuple[float, float], rng: random.Random
+    sets: list[str],
+    out: Path,
+    kills: int,
+    horizon: tuple[float, float],
+    rng: random.Random,
+    from_start: bool = False,
 ) -> dict:
-    """One trial: ``kills`` SIGKILLs at uniform moments in ``horizon`` (seconds after the start
-    of the process), then a resume to the end."""
+    """One trial: ``kills`` SIGKILLs at uniform moments in ``horizon`` (seconds after the process
+    wrote ``config.yaml``, or with ``from_start`` after its start), then a resume to the end."""
     record: dict = {"kills": [], "resumed": True, "corrupt": []}
+    watch = None if from_start else out / "config.yaml"
     args = ["train", "--out", str(out), *sets]
     for _ in range(kills):
         delay, started = rng.uniform(*horizon), time.time()
-        code, _, err, _ = flowdppo(args, kill_after=delay)
+        code, _, err, _ = flowdppo(args, kill_after=delay, watch=watch)
         if code != -9:  # it finished (or failed) before the kill
             record["kills"].append(
                 {"delay_s": round(delay, 2), "landed": f"not killed: exit {code}"}
@@ -181,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--from-start",
         action="store_true",
-        help="draw kill moments from the process's start (default: from when the reference run "
-        "wrote config.yaml; before it, imports and model building, nothing is written)",
+        help="count kill moments from the process's start (default: from when it writes "
+        "config.yaml; before it, imports and model building, nothing is written)",
     )
     ap.add_argument("--json", type=Path, default=None, help="write the trials and summary here")
     a = ap.parse_args(argv)
@@ -199,15 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     if code != 0:
         raise SystemExit(f"the reference run failed (exit {code}):\n{err}")
-    horizon = (0.0 if a.from_start else start or 0.0, total)
+    assert start is not None
+    horizon = (0.0, total if a.from_start else total - start)
     print(
         f"reference: {a.iters} iterations, config.yaml written after {start:.1f} s, done after "
-        f"{total:.1f} s; kills drawn from {horizon[0]:.1f}-{horizon[1]:.1f} s"
+        f"{total:.1f} s; kills drawn from 0-{horizon[1]:.1f} s after "
+        + ("the start" if a.from_start else "config.yaml is written")
     )
     rng, trials = random.Random(a.seed), []
     for i in range(a.trials):
         run = tmp / f"trial_{i:03d}"
-        rec = trial(sets, run, a.kills, horizon, rng)
+        rec = trial(sets, run, a.kills, horizon, rng, a.from_start)
         rec["differences"] = differences(tmp / "reference", run, a.iters) if rec["resumed"] else []
         rec["identical"] = rec["resumed"] and not rec["differences"]
         trials.append(rec)
