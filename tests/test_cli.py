@@ -296,7 +296,8 @@ def test_train_with_compile_says_the_first_iteration_compiles(
     from flowdppo import cli as cli_module
     from flowdppo.trainer.trainer import Trainer
 
-    monkeypatch.setattr(Trainer, "train", lambda self, max_iters=None, progress=True: None)  # no compiling
+    no_compiling = lambda self, max_iters=None, progress=True: None  # noqa: E731
+    monkeypatch.setattr(Trainer, "train", no_compiling)
     out = tmp_path / "run"
     assert cli_module.main(["train", "--out", str(out), *_sets(ckpt, "model.compile=true")]) == 0
     assert "model.compile: the first iteration and the first evaluation" in capsys.readouterr().err
