@@ -5,9 +5,10 @@ An uninterrupted ``flowdppo train`` of a tiny random Shapes model (the tests'
 every ``--eval-every``) gives the reference and its wall time T (the process's, imports
 included). Each trial trains the same run in a fresh folder and sends SIGKILL (``kill -9``, from
 outside) a delay drawn uniformly from [0, T - t0] after the process wrote its ``config.yaml``,
-t0 the moment the reference wrote its own (before it, the process imports and builds the model
-and writes nothing; ``--from-start``: the delay is drawn from [0, T] and counted from the
-process's start); then ``flowdppo resume`` (killed the same way
+T - t0 the time from an uninterrupted run's ``config.yaml`` to its end, measured again before
+each trial (the machine's load changes it; before ``config.yaml`` the process imports and builds
+the model and writes nothing; ``--from-start``: the delay is drawn from [0, T] of the reference
+and counted from the process's start); then ``flowdppo resume`` (killed the same way
 ``--kills`` - 1 more times; ``flowdppo train`` again when the kill came before the run wrote
 anything), and a last ``flowdppo resume`` to the end. After each kill the
 newest checkpoint's files are checked against its manifest (a failure is *corrupt*) and where
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -226,12 +228,23 @@ def main(argv: list[str] | None = None) -> int:
     rng, trials = random.Random(a.seed), []
     for i in range(a.trials):
         run = tmp / f"trial_{i:03d}"
+        if not a.from_start:  # the run's length now, on a machine whose load may have changed
+            timing = tmp / "timing"
+            _, total, _, start = flowdppo(
+                ["train", "--out", str(timing), *sets], watch=timing / "config.yaml"
+            )
+            horizon = (0.0, total - (start or 0.0))
+            shutil.rmtree(timing)
         rec = trial(sets, run, a.kills, horizon, rng, a.from_start)
+        rec["kill_range_s"] = [round(x, 1) for x in horizon]
         rec["differences"] = differences(tmp / "reference", run, a.iters) if rec["resumed"] else []
         rec["identical"] = rec["resumed"] and not rec["differences"]
         trials.append(rec)
         kills = "; ".join(f"{k['delay_s']:.1f} s: {k['landed']}" for k in rec["kills"])
-        print(f"trial {i}: {kills} -> identical={rec['identical']} corrupt={len(rec['corrupt'])}")
+        print(
+            f"trial {i} (kills within {horizon[1]:.1f} s): {kills} -> "
+            f"identical={rec['identical']} corrupt={len(rec['corrupt'])}"
+        )
         if rec.get("error") or rec["differences"]:
             print(rec.get("error") or f"  differs: {rec['differences']}")
     landings = Counter(k["landed"] for t in trials for k in t["kills"])
@@ -242,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         "identical": sum(t["identical"] for t in trials),
         "corrupt": sum(len(t["corrupt"]) for t in trials),
         "landed": dict(landings.most_common()),
-        "kill_range_s": [round(horizon[0], 1), round(horizon[1], 1)],
+        "kill_window_s": [
+            min(t["kill_range_s"][1] for t in trials),
+            max(t["kill_range_s"][1] for t in trials),
+        ],
     }
     print(json.dumps(summary, indent=1))
     if a.json is not None:
