@@ -132,10 +132,16 @@ def _plot(a: argparse.Namespace) -> int:
 def _export(a: argparse.Namespace) -> int:
     from flowdppo.runs import load_run_policy, run_config
 
-    if run_config(a.run).model.family == "shapes":
+    cfg = run_config(a.run)
+    if cfg.model.family == "shapes":
         raise UserError(
             "export writes diffusers formats; a Shapes run's weights are in its checkpoints/"
         )
+    if not cfg.model.full_finetune:  # the LoRA file from the checkpoint alone: no pipeline
+        from flowdppo.runs import export_run_lora
+
+        print(export_run_lora(a.run, a.out, use_ema=a.ema))
+        return 0
     policy, cfg, _ = load_run_policy(a.run, use_ema=a.ema, require_checkpoint=True)
     from flowdppo.models.export import export_full, export_lora
 

@@ -87,11 +87,8 @@ def load_run_policy(
     from flowdppo.trainer.checkpoint import latest_checkpoint, load_trainable
 
     cfg = run_config(run_dir)
-    if require_checkpoint and latest_checkpoint(Path(run_dir)) is None:
-        raise FileNotFoundError(
-            f"{Path(run_dir) / 'checkpoints'} holds no checkpoint: the run saved none yet "
-            f"(resume it with `flowdppo resume {run_dir}`)"
-        )
+    if require_checkpoint:
+        saved_checkpoint(run_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     policy = build_policy(cfg, dev)
     ckpt = latest_checkpoint(Path(run_dir))
@@ -100,6 +97,35 @@ def load_run_policy(
     ema = (ckpt / "ema.safetensors").exists() if use_ema is None else use_ema
     load_trainable(policy, ckpt, use_ema=ema)
     return policy, cfg, int(ckpt.name.split("_")[1])
+
+
+def saved_checkpoint(run_dir: str | Path) -> Path:
+    """The run's latest checkpoint; an error when it saved none (evaluating or exporting it)."""
+    from flowdppo.trainer.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(Path(run_dir))
+    if ckpt is None:
+        raise FileNotFoundError(
+            f"{Path(run_dir) / 'checkpoints'} holds no checkpoint: the run saved none yet "
+            f"(resume it with `flowdppo resume {run_dir}`)"
+        )
+    return ckpt
+
+
+def export_run_lora(run_dir: str | Path, out: str | Path, *, use_ema: bool | None = None) -> Path:
+    """Write the latest checkpoint's LoRA of a diffusers run as a diffusers LoRA folder
+    (``flowdppo.models.export``), from the checkpoint's tensors and the run's LoRA settings:
+    the pipeline is never loaded. EMA weights by default when the run kept an EMA."""
+    from flowdppo.models.export import export_lora_weights, lora_metadata
+    from flowdppo.trainer.checkpoint import trainable_tensors
+
+    cfg = run_config(run_dir)
+    ckpt = saved_checkpoint(run_dir)
+    ema = (ckpt / "ema.safetensors").exists() if use_ema is None else use_ema
+    lora = trainable_tensors(ckpt, use_ema=ema)
+    m = cfg.model
+    meta = lora_metadata(lora, m.lora_rank, m.lora_alpha, m.lora_target_modules)
+    return export_lora_weights(lora, out, family=m.family, metadata=meta)
 
 
 def start_over(out: Path, why: str) -> None:

@@ -34,6 +34,10 @@ def _check(cond: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
+# The families whose guidance has a negative branch that a prompt can set (model.negative_prompt).
+NEGATIVE_PROMPT_FAMILIES = ("sd3", "flux", "qwen_image", "wan")
+
+
 @dataclass
 class ModelConfig:
     family: str = _f(
@@ -77,9 +81,11 @@ class ModelConfig:
     )
     negative_prompt: str | None = _f(
         None,
-        "qwen_image: the negative prompt of true CFG (sampling/eval guidance_scale > 1 is the "
-        "pipeline's true_cfg_scale); None = ' ', the model card's. wan: the unconditional branch "
-        "of CFG; None = the empty prompt, as WanPipeline without one",
+        "negative prompt of CFG for every prompt without its own (a .jsonl prompt file's "
+        "negative_prompt field), in rollouts and evaluation: sd3 (CFG, guidance_scale > 1), flux "
+        "(true CFG, model.true_cfg_scale > 1), qwen_image (true CFG), wan (CFG); None = the "
+        "family's default: '' (the empty prompt, as the pipelines without one), ' ' for "
+        "qwen_image (its model card's)",
     )
     prompt_cache_mb: float = _f(
         2048.0,
@@ -93,21 +99,65 @@ class ModelConfig:
     )
     height: int | None = _f(
         None,
-        "video height in pixels, set with width (wan: a multiple of VAE scale × patch, 16 for Wan2.1; None = resolution, else 480)",
+        "image or video height in pixels, set with width (diffusers models; None = "
+        "model.resolution, else wan's 480): a multiple of the VAE scale × patch size (16 for "
+        "SD3.5, FLUX.1 and Wan2.1), checked when the model loads",
     )
     width: int | None = _f(
         None,
-        "video width in pixels, set with height (wan: a multiple of VAE scale × patch, 16 for Wan2.1; None = resolution, else 832)",
+        "image or video width in pixels, set with height (None = model.resolution, else wan's 832)",
+    )
+    true_cfg_scale: float = _f(
+        1.0,
+        "FLUX.1 true classifier-free guidance (FluxPipeline's true_cfg_scale; 1 = off): a second "
+        "pass on the negative prompt each step, on top of the distilled sampling.guidance_scale",
+    )
+    init_lora: str | None = _f(
+        None,
+        "start the LoRA from a diffusers LoRA (a folder with pytorch_lora_weights.safetensors, "
+        "or a .safetensors file, e.g. one written by `flowdppo export`); its rank must be "
+        "model.lora_rank and its modules within model.lora_target_modules. The reference model "
+        "stays the base model without LoRA",
     )
 
     def validate(self) -> None:
         _check(self.lora_rank >= 1, "model.lora_rank", self.lora_rank, "an int >= 1")
-        _check(self.lora_alpha > 0, "model.lora_alpha", self.lora_alpha, "a number > 0")
+        for key in ("height", "width", "resolution"):
+            v = getattr(self, key)
+            _check(v is None or v >= 1, f"model.{key}", v, "null or a number of pixels >= 1")
         _check(
-            self.negative_prompt is None or self.family in ("qwen_image", "wan"),
+            math.isfinite(self.true_cfg_scale) and self.true_cfg_scale >= 1,
+            "model.true_cfg_scale",
+            self.true_cfg_scale,
+            "a number >= 1 (1 = off)",
+        )
+        _check(
+            self.negative_prompt is None or self.family != "flux" or self.true_cfg_scale > 1,
             "model.negative_prompt",
             self.negative_prompt,
-            f"None for model.family {self.family!r} (only qwen_image and wan take a negative prompt)",
+            "None for model.family flux unless model.true_cfg_scale > 1 (FLUX.1's distilled "
+            "guidance has no negative branch)",
+        )
+        _check(
+            self.true_cfg_scale == 1 or self.family == "flux",
+            "model.true_cfg_scale",
+            self.true_cfg_scale,
+            f"1 for model.family {self.family} (true CFG is FLUX.1's; SD3 CFG is "
+            "sampling.guidance_scale)",
+        )
+        _check(
+            self.init_lora is None or not self.full_finetune,
+            "model.init_lora",
+            self.init_lora,
+            "null with model.full_finetune: true (a LoRA starts a LoRA run)",
+        )
+        _check(self.lora_alpha > 0, "model.lora_alpha", self.lora_alpha, "a number > 0")
+        _check(
+            self.negative_prompt is None or self.family in NEGATIVE_PROMPT_FAMILIES,
+            "model.negative_prompt",
+            self.negative_prompt,
+            f"None for model.family {self.family!r} (negative prompts: "
+            f"{', '.join(NEGATIVE_PROMPT_FAMILIES)})",
         )
         _check(
             math.isfinite(self.prompt_cache_mb) and self.prompt_cache_mb >= 0,
@@ -118,18 +168,25 @@ class ModelConfig:
         self._validate_video()
 
     def _validate_video(self) -> None:
-        """The video options: wan only; frames and sides positive, height and width together."""
-        video = {"num_frames": self.num_frames, "height": self.height, "width": self.width}
-        for key, value in video.items():
-            if self.family != "wan":
-                _check(
-                    value is None,
-                    f"model.{key}",
-                    value,
-                    f"null (an option of family wan, not {self.family})",
-                )
-            elif value is not None:
-                _check(value >= 1, f"model.{key}", value, "an int >= 1")
+        """``num_frames``: wan only, >= 1; ``height`` and ``width``: set together, not for
+        shapes (its images are 32²)."""
+        if self.family != "wan":
+            _check(
+                self.num_frames is None,
+                "model.num_frames",
+                self.num_frames,
+                f"null (an option of family wan, not {self.family})",
+            )
+        elif self.num_frames is not None:
+            _check(self.num_frames >= 1, "model.num_frames", self.num_frames, "an int >= 1")
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            _check(
+                value is None or self.family != "shapes",
+                f"model.{key}",
+                value,
+                "null for model.family shapes (its images are 32²)",
+            )
         _check(
             (self.height is None) == (self.width is None),
             "model.height/width",
@@ -453,6 +510,16 @@ class EvalConfig:
         "samples for eval/kl_base, the exact KL to the base model along the policy's own "
         "trajectories on fixed prompts and noise (0 = off; docs/metrics.md)",
     )
+    skip_guidance_layers: list[int] | None = _f(
+        None,
+        "SD3.5 skip-layer guidance in evaluation sampling only (StableDiffusion3Pipeline's "
+        "skip_guidance_layers; SD3.5-Medium: [7, 8, 9]; null = off); needs CFG > 1",
+    )
+    skip_layer_guidance_scale: float = _f(2.8, "skip-layer guidance scale")
+    skip_layer_guidance_start: float = _f(
+        0.01, "skip-layer guidance on steps i with start·T < i < stop·T: start fraction"
+    )
+    skip_layer_guidance_stop: float = _f(0.2, "skip-layer guidance: stop fraction")
 
     def validate(self) -> None:
         _check(self.kl_samples >= 0, "eval.kl_samples", self.kl_samples, "an int >= 0")
@@ -464,6 +531,26 @@ class EvalConfig:
             "an int >= 1",
         )
         _check(self.per_category >= 1, "eval.per_category", self.per_category, "an int >= 1")
+        layers = self.skip_guidance_layers
+        _check(
+            layers is None or (len(layers) > 0 and all(i >= 0 for i in layers)),
+            "eval.skip_guidance_layers",
+            layers,
+            "null or a non-empty list of transformer block indices >= 0",
+        )
+        start, stop = self.skip_layer_guidance_start, self.skip_layer_guidance_stop
+        _check(
+            0 <= start < stop <= 1,
+            "eval.skip_layer_guidance_start / _stop",
+            [start, stop],
+            "0 <= start < stop <= 1",
+        )
+        _check(
+            math.isfinite(self.skip_layer_guidance_scale),
+            "eval.skip_layer_guidance_scale",
+            self.skip_layer_guidance_scale,
+            "a finite number",
+        )
         g = self.guidance_scale
         _check(
             g is None or (math.isfinite(g) and g >= 1.0),

@@ -2,15 +2,22 @@
 
 A subclass names its ``pipeline_class`` and implements four things: ``_encode_uncached`` (prompts to
 conditioning tensors, through the pipeline's own ``encode_prompt``), ``_velocity`` (one
-transformer call in the model dtype), ``_latent_hw`` (latent height/width for a resolution) and
-``sigmas``. Everything else (loading, precision, LoRA/full fine-tuning, caching, offload, decode,
-reference model) is here, so the two family files stay small.
+transformer call in the model dtype), ``_check_shapes`` (the latent shape of ``height`` ×
+``width``) and ``sigmas``. Everything else (loading, precision, LoRA/full fine-tuning, caching,
+offload, decode, reference model, negative prompts) is here, so the family files stay small.
+
+Negative prompts: the policy's ``negative_prompt`` (the family's default: the empty prompt, " "
+for Qwen-Image) is encoded once and held apart (``unconditional``); a prompt given another
+(``set_negative_prompts``) gets that negative's rows in its conditioning, under
+``negative_``-prefixed keys, through the same cache. ``negative_branch(cond)`` is the
+conditioning of CFG's negative branch, ``positive(cond)`` the prompt's own; a family whose
+guidance has no negative branch says so with ``uses_negative_prompts``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
@@ -45,6 +52,7 @@ class DiffusersPolicy:
 
     text_encoder_names: ClassVar[tuple[str, ...]]
     default_max_sequence_length: ClassVar[int]
+    negative_prompt: str = ""  # the family's default negative prompt (``from_pretrained``)
     default_lora_targets: ClassVar[list[str]] = DEFAULT_LORA_TARGETS  # lora_target_modules=None
 
     @classmethod
@@ -64,6 +72,9 @@ class DiffusersPolicy:
         max_sequence_length: int | None = None,
         prompt_cache_mb: float = DEFAULT_PROMPT_CACHE_MB,
         prompt_cache_device: str = "device",
+        height: int | None = None,
+        width: int | None = None,
+        negative_prompt: str | None = None,
         **options: Any,
     ):
         """Build the policy from a pipeline object, a pipeline folder or a cached hub id.
@@ -72,11 +83,15 @@ class DiffusersPolicy:
         torch dtype or "float32"/"bfloat16"/"float16"); the VAE always runs in float32. ``lora_target_modules`` None: the attention projections. ``full_finetune``
         trains every transformer weight (float32 master weights, autocast to ``dtype``) and keeps
         a frozen copy as reference. ``offload_text_encoders`` keeps the text encoders on the CPU
-        except while encoding new prompts. ``resolution`` None: the pipeline's default size.
+        except while encoding new prompts. ``resolution`` None: the pipeline's default size;
+        ``height`` / ``width`` (pixels) override it for non-square images.
+        ``negative_prompt``: the negative branch of CFG for every prompt without its own
+        (``set_negative_prompts``); None: the family's default (class attribute
+        ``negative_prompt``; "" is the empty prompt).
         ``prompt_cache_mb``: budget of the prompt-embedding cache in MiB (least recently used
         prompts evicted first; 0: no cache), held on ``prompt_cache_device`` ("device": the
         policy's device; "cpu": copied to the device on use). ``options``: the family's own
-        constructor options (Wan: ``num_frames``, ``negative_prompt``).
+        constructor options (FLUX.1: ``true_cfg_scale``; Wan: ``num_frames``).
         """
         device = torch.device(device)
         dtype = resolve_dtype(device, dtype)
@@ -91,6 +106,8 @@ class DiffusersPolicy:
             max_sequence_length=max_sequence_length or cls.default_max_sequence_length,
             offload_text_encoders=offload_text_encoders,
             prompt_cache=cache,
+            size=(height, width),
+            negative_prompt=negative_prompt,
             train_options={
                 "lora_rank": lora_rank,
                 "lora_alpha": lora_alpha,
@@ -107,11 +124,14 @@ class DiffusersPolicy:
         *,
         device: torch.device,
         dtype: torch.dtype,
-        resolution: int | None,
+        resolution: int | tuple[int, int] | None,
         max_sequence_length: int,
         offload_text_encoders: bool,
         train_options: dict[str, Any],
         prompt_cache: PromptCache | None = None,
+        size: tuple[int | None, int | None] = (None, None),
+        negative_prompt: str | None = None,
+        **family_options: Any,
     ) -> None:
         self.pipeline = pipeline
         self._device = device
@@ -120,7 +140,20 @@ class DiffusersPolicy:
         self.offload_text_encoders = offload_text_encoders
         self.max_sequence_length = max_sequence_length
         self.resolution = resolution or pipeline.default_sample_size * pipeline.vae_scale_factor
+        # ``resolution`` is a side, or (height, width) for a family that takes a pair (Wan).
+        sides = self.resolution if isinstance(self.resolution, tuple) else (self.resolution,) * 2
+        self.height, self.width = (
+            d if n is None else int(n) for n, d in zip(size, sides, strict=True)
+        )
+        self._set_family_options(**family_options)
         self._latent_shape = self._check_shapes()
+        if negative_prompt is not None:
+            if not isinstance(negative_prompt, str):
+                raise TypeError(
+                    f"negative_prompt must be a string, got {type(negative_prompt).__name__}"
+                )
+            self.negative_prompt = negative_prompt
+        self._negatives: dict[str, str] = {}  # prompt -> its own negative prompt
         encoders = [getattr(pipeline, n, None) for n in self.text_encoder_names]
         freeze(pipeline.vae, *encoders)
         move(pipeline.vae, device, torch.float32)
@@ -142,6 +175,27 @@ class DiffusersPolicy:
     def _check_shapes(self) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def _set_family_options(self, **options: Any) -> None:
+        """Take the family's own ``from_pretrained`` options (none here: any is an error)."""
+        if options:
+            raise TypeError(
+                f"{type(self).__name__}: unknown options {sorted(options)} "
+                "(FLUX.1 takes true_cfg_scale; Wan num_frames)"
+            )
+
+    def _check_multiple(self, multiple: int, why: str) -> None:
+        """``height`` and ``width`` must be multiples of ``multiple`` (``why``: its factors)."""
+        for name, side in (("height", self.height), ("width", self.width)):
+            if side < multiple or side % multiple:
+                raise ValueError(
+                    f"{name} {side} (pixels) must be a positive multiple of {multiple} ({why})"
+                )
+
+    def uses_negative_prompts(self) -> bool:
+        """Whether the guidance has a negative branch a prompt can set (SD3, Qwen-Image: yes;
+        FLUX.1: with true CFG; FLUX.2-klein: no, its negative is fixed)."""
+        return True
+
     def _encode_uncached(self, prompts: list[str]) -> Cond:
         raise NotImplementedError
 
@@ -161,10 +215,49 @@ class DiffusersPolicy:
         return self._latent_shape
 
     def encode_prompts(self, prompts: list[str]) -> Cond:
-        """Conditioning for ``prompts`` (model dtype, on ``device``), through the LRU cache."""
-        return self._cache.get(
-            list(prompts) if not isinstance(prompts, str) else prompts, self._encode
-        )
+        """Conditioning for ``prompts`` (model dtype, on ``device``), through the LRU cache;
+        with the rows of their negative prompts (``negative_*`` keys) when some is not empty."""
+        prompts = list(prompts) if not isinstance(prompts, str) else prompts
+        cond = self._cache.get(prompts, self._encode)
+        if not self.uses_negative_prompts():
+            return cond
+        negatives = [self.negative_prompt_for(p) for p in prompts]
+        if all(n == self.negative_prompt for n in negatives):  # held apart: ``unconditional``
+            return cond
+        rows = self._cache.get(negatives, self._encode)
+        return {**cond, **{NEGATIVE + k: v for k, v in rows.items()}}
+
+    def set_negative_prompts(self, negatives: Mapping[str, str]) -> None:
+        """Give prompts their own negative prompt (prompt -> negative; "" the empty prompt),
+        in place of ``negative_prompt``. A prompt given two different negatives is an error."""
+        if not self.uses_negative_prompts():
+            raise ValueError(
+                f"{type(self).__name__} has no negative prompts to set (its guidance has no "
+                "negative branch; FLUX.1: set model.true_cfg_scale > 1)"
+            )
+        for prompt, negative in negatives.items():
+            if not isinstance(negative, str):
+                raise TypeError(f"negative prompt of {prompt!r} must be a string, got {negative!r}")
+            held = self._negatives.get(prompt)
+            if held is not None and held != negative:
+                raise ValueError(
+                    f"prompt {prompt!r} has two negative prompts, {held!r} and {negative!r} "
+                    "(the training and evaluation prompt files disagree)"
+                )
+        self._negatives.update(negatives)
+
+    def negative_prompt_for(self, prompt: str) -> str:
+        """The negative prompt of ``prompt``: its own, else ``negative_prompt``."""
+        return self._negatives.get(prompt, self.negative_prompt)
+
+    def negative_branch(self, cond: Cond) -> Cond:
+        """The conditioning of CFG's negative branch for ``cond``'s batch: its ``negative_*``
+        rows without the prefix, or the empty prompt's (``unconditional``) broadcast."""
+        rows = {k[len(NEGATIVE) :]: v for k, v in cond.items() if k.startswith(NEGATIVE)}
+        if rows:
+            return rows
+        batch = next(iter(cond.values())).shape[0]
+        return {k: v.expand(batch, *v.shape[1:]) for k, v in self.unconditional().items()}
 
     def _encode(self, prompts: list[str]) -> Cond:
         """The text encoders on ``prompts`` (moved to the device meanwhile if offloaded)."""
@@ -173,11 +266,12 @@ class DiffusersPolicy:
             return self._encode_uncached(prompts)
 
     def unconditional(self) -> Cond:
-        """The empty prompt's conditioning [1, ...] on ``device``, the unconditional branch of
-        classifier-free guidance: encoded once and held outside the cache's budget (every
-        guided step reads it, so it is neither evicted nor counted as a lookup)."""
+        """The conditioning [1, ...] on ``device`` of ``negative_prompt`` (by default the empty
+        prompt), the negative branch of guidance for every prompt without its own: encoded once
+        and held outside the cache's budget (every guided step reads it, so it is neither
+        evicted nor counted as a lookup)."""
         if self._unconditional is None:
-            self._unconditional = self._encode([""])
+            self._unconditional = self._encode([self.negative_prompt])
         return self._unconditional
 
     def cache_stats(self) -> dict[str, int]:
@@ -190,10 +284,20 @@ class DiffusersPolicy:
         self, latents: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance_scale: float = 1.0
     ) -> torch.Tensor:
         """``v`` for ``latents`` [B, *latent_shape] at ``sigma`` [B]; float32 [B, *latent_shape]."""
+        sigma = self._checked_sigma(latents, sigma, cond)
+        with autocast_context(self.device, self.dtype, self.full_finetune):
+            v = self._velocity(latents.to(self.device), sigma, cond, guidance_scale)
+        return v.float()
+
+    def _checked_sigma(
+        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Cond
+    ) -> torch.Tensor:
+        """``sigma`` as float32 [B] on the device, after checking the shapes of the query."""
         if tuple(latents.shape[1:]) != self.latent_shape:
             raise ValueError(
                 f"latents have shape {tuple(latents.shape)}; this policy expects "
-                f"[B, {', '.join(map(str, self.latent_shape))}] (resolution {self.resolution})"
+                f"[B, {', '.join(map(str, self.latent_shape))}] "
+                f"(height {self.height}, width {self.width})"
             )
         batch = latents.shape[0]
         sigma = torch.as_tensor(sigma, device=self.device, dtype=torch.float32).reshape(-1)
@@ -203,9 +307,7 @@ class DiffusersPolicy:
                 f"batch mismatch: latents {batch}, sigma {tuple(sigma.shape)}, "
                 f"cond {[tuple(v.shape) for v in cond.values()]}"
             )
-        with autocast_context(self.device, self.dtype, self.full_finetune):
-            v = self._velocity(latents.to(self.device), sigma, cond, guidance_scale)
-        return v.float()
+        return sigma
 
     def initial_noise(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """Standard-normal latents [B, *latent_shape], float32, on the generator's device."""
@@ -213,7 +315,7 @@ class DiffusersPolicy:
         return torch.randn(shape, generator=generator, device=generator.device)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents to [0, 1] images [B, 3, resolution, resolution] (VAE in float32, no grad)."""
+        """Latents to [0, 1] images [B, 3, height, width] (VAE in float32, no grad)."""
         return decode_latents(self.pipeline.vae, latents)
 
     def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
@@ -245,6 +347,14 @@ class DiffusersPolicy:
     @property
     def num_cached_prompts(self) -> int:
         return len(self._cache)
+
+
+NEGATIVE = "negative_"  # prefix of a negative prompt's rows in ``Cond``
+
+
+def positive(cond: Cond) -> Cond:
+    """``cond`` without its negative prompts' rows."""
+    return {k: v for k, v in cond.items() if not k.startswith(NEGATIVE)}
 
 
 def _prompt_cache(mb: float, where: str, device: torch.device) -> PromptCache:

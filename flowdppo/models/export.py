@@ -8,7 +8,9 @@
   without it diffusers assumes ``alpha = rank`` and scales the update by 1 instead of
   ``alpha / rank``.
 - ``export_lora_weights(lora_sd, ...)``: the same from a checkpoint's ``lora_state_dict`` and the
-  LoRA settings, without building the model (what the CLI needs for ``--run DIR``).
+  LoRA settings, without building the model; ``lora_metadata`` gives those settings as the
+  adapter's own ``LoraConfig`` would. ``flowdppo export --run DIR`` of a LoRA run reads the
+  checkpoint's tensors and writes the file this way: no pipeline is loaded.
 - ``export_full(policy, out_dir)``: a full fine-tune as a ``transformer/`` folder
   (``save_pretrained``), to be loaded with ``<Transformer>.from_pretrained(out_dir,
   subfolder="transformer")`` and passed to the pipeline.
@@ -125,3 +127,16 @@ def export_full(policy: Any, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return out
+
+
+def lora_metadata(
+    lora_sd: dict[str, torch.Tensor], rank: int, alpha: float, targets: list[str] | None
+) -> dict[str, Any]:
+    """The adapter metadata ``export_lora`` writes (``LoraConfig.to_dict()`` of ``add_lora``'s
+    config), from the settings alone. ``targets`` None: the modules named by ``lora_sd``'s keys
+    (their last name, ``to_out.0`` kept whole)."""
+    from flowdppo.models.lora import _lora_config, target_name
+
+    if targets is None:
+        targets = sorted({target_name(k.split(".lora_")[0]) for k in lora_sd})
+    return _lora_config(rank, alpha, targets, 0.0).to_dict()

@@ -12,7 +12,10 @@ maths sees one convention for every model; ``velocity`` packs them into 2×2 pat
 
 ``guidance_scale`` is FLUX.1-dev's *distilled* guidance: a number fed to the guidance embedding
 in one conditional pass (3.5 is the usual value), not classifier-free guidance. Models without a
-guidance embedding (FLUX.1-schnell) ignore it.
+guidance embedding (FLUX.1-schnell) ignore it. ``true_cfg_scale`` > 1 (``from_pretrained``
+option, ``model.true_cfg_scale``) adds FluxPipeline's *true* CFG on top: a second pass on each
+prompt's negative prompt (the empty prompt by default) and ``v = v_neg + true_cfg_scale · (v -
+v_neg)``, both passes with the same distilled guidance.
 
 Where this differs from ``FluxPipeline.__call__`` (none of it changes the images at float32;
 the equivalence test compares them):
@@ -20,19 +23,22 @@ the equivalence test compares them):
   float32 step maths on unpacked latents; packing happens inside ``velocity``;
 - ``sigmas`` asks a private copy of the scheduler for the pipeline's schedule (linear
   ``1 → 1/T`` sigmas, resolution-dependent shift ``mu`` from the image-token count);
-- no true CFG (``true_cfg_scale``), negative prompts or IP-adapter;
+- true CFG runs when ``true_cfg_scale > 1`` whatever the negative prompt (the pipeline needs a
+  ``negative_prompt`` argument, "" included, to run it); the two passes are one batch of 2B
+  and are combined in float32 (the pipeline: two calls, combined in the model dtype);
+- no IP-adapter or per-encoder prompts (``prompt_2``);
 - the VAE decodes in float32 whatever the model dtype.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from flowdppo.models._diffusers_common import resolution_shift, scheduler_sigmas
-from flowdppo.models._diffusers_policy import DiffusersPolicy
+from flowdppo.models._diffusers_policy import DiffusersPolicy, positive
 from flowdppo.models.base import Cond
 
 
@@ -64,6 +70,7 @@ class FluxPolicy(DiffusersPolicy):
 
     text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
     default_max_sequence_length: ClassVar[int] = 512
+    true_cfg_scale: float = 1.0
 
     @classmethod
     def pipeline_class(cls) -> type:
@@ -71,17 +78,23 @@ class FluxPolicy(DiffusersPolicy):
 
         return FluxPipeline
 
+    def _set_family_options(self, true_cfg_scale: float = 1.0, **options: Any) -> None:
+        super()._set_family_options(**options)
+        if not true_cfg_scale >= 1.0:
+            raise ValueError(f"true_cfg_scale must be >= 1 (1 = off), got {true_cfg_scale}")
+        self.true_cfg_scale = float(true_cfg_scale)
+
+    def uses_negative_prompts(self) -> bool:
+        """Only true CFG reads negative prompts (the distilled guidance has no negative branch)."""
+        return self.true_cfg_scale > 1.0
+
     def _check_shapes(self) -> tuple[int, int, int]:
-        multiple = self.pipeline.vae_scale_factor * 2
-        if self.resolution % multiple:
-            raise ValueError(
-                f"resolution {self.resolution} must be a multiple of {multiple} "
-                f"(VAE scale {self.pipeline.vae_scale_factor} × 2 for the 2×2 latent packing)"
-            )
+        scale = self.pipeline.vae_scale_factor
+        self._check_multiple(scale * 2, f"VAE scale {scale} × 2 for the 2×2 latent packing")
         if self.max_sequence_length > 512:
             raise ValueError(f"max_sequence_length must be <= 512, got {self.max_sequence_length}")
-        side = self.resolution // self.pipeline.vae_scale_factor
-        return (self.pipeline.transformer.config.in_channels // 4, side, side)
+        channels = self.pipeline.transformer.config.in_channels // 4
+        return (channels, self.height // scale, self.width // scale)
 
     def _encode_uncached(self, prompts: list[str]) -> Cond:
         embeds, pooled, _text_ids = self.pipeline.encode_prompt(
@@ -112,6 +125,20 @@ class FluxPolicy(DiffusersPolicy):
     def _velocity(
         self, latents: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance_scale: float
     ) -> torch.Tensor:
+        if self.true_cfg_scale <= 1.0:
+            return self._transformer(latents, sigma, positive(cond), guidance_scale)
+        negative, pos = self.negative_branch(cond), positive(cond)
+        both = {k: torch.cat([negative[k], pos[k]]) for k in pos}  # [2B, ...]: negative, then cond
+        out = self._transformer(
+            torch.cat([latents, latents]), torch.cat([sigma, sigma]), both, guidance_scale
+        )
+        v_neg, v = out.chunk(2)
+        return v_neg + self.true_cfg_scale * (v - v_neg)
+
+    def _transformer(
+        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance_scale: float
+    ) -> torch.Tensor:
+        """One transformer pass on unpacked ``latents``: float32 [B, *latent_shape]."""
         b, _, h, w = latents.shape
         guidance = None
         if self.transformer.config.guidance_embeds:

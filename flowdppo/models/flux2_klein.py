@@ -78,13 +78,13 @@ class Flux2KleinPolicy(DiffusersPolicy):
 
     def _check_shapes(self) -> tuple[int, int, int]:
         scale = self.pipeline.vae_scale_factor
-        if self.resolution % (scale * 2):
-            raise ValueError(
-                f"resolution {self.resolution} must be a multiple of {scale * 2} "
-                f"(VAE scale {scale} × 2 for the 2×2 patchify)"
-            )
-        side = self.resolution // (scale * 2)
-        return (self.pipeline.transformer.config.in_channels, side, side)
+        self._check_multiple(scale * 2, f"VAE scale {scale} × 2 for the 2×2 patchify")
+        channels = self.pipeline.transformer.config.in_channels
+        return (channels, self.height // (scale * 2), self.width // (scale * 2))
+
+    def uses_negative_prompts(self) -> bool:
+        """No: the pipeline's negative prompt is fixed (the empty prompt)."""
+        return False
 
     def _encode_uncached(self, prompts: list[str]) -> Cond:
         embeds, _text_ids = self.pipeline.encode_prompt(

@@ -138,3 +138,10 @@ def disabled_lora(module: nn.Module) -> Iterator[None]:
             layer.enable_adapters(True)
         for p in module.parameters():
             p.requires_grad_(flags.get(id(p), p.requires_grad))
+
+
+def target_name(module: str) -> str:
+    """The peft target name of a module path: its last name (``...attn.to_q`` -> ``to_q``), a
+    trailing index kept (``...attn.to_out.0`` -> ``to_out.0``)."""
+    parts = module.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]

@@ -15,7 +15,8 @@ can stack any prompts, and ``velocity`` cuts a batch back to its longest prompt 
 transformer call (the padded tokens are masked out of attention, so neither changes a value).
 
 ``guidance_scale`` is the pipeline's ``true_cfg_scale``: above 1, classifier-free guidance
-against ``negative_prompt`` (default ``" "``, the model card's), whose combined velocity is
+against each prompt's negative prompt (``negative_prompt``, default ``" "``, the model card's, or
+the prompt's own from ``set_negative_prompts``), whose combined velocity is
 rescaled, per packed token, to the norm of the conditional one, as the pipeline does. Qwen-Image
 has no guidance embedding (its transformers with ``guidance_embeds=True`` are refused: diffusers
 cannot run them).
@@ -25,24 +26,24 @@ the equivalence test compares them):
 - no denoising loop here: ``flowdppo.core.rollout`` calls ``velocity`` once per step, with
   float32 step maths on unpacked latents; packing happens inside ``velocity``;
 - the two CFG branches run as one batch (the pipeline makes two calls) and are combined and
-  rescaled in float32 (the pipeline: in the model dtype); the negative prompt is encoded once
-  and kept outside the prompt cache;
+  rescaled in float32 (the pipeline: in the model dtype); the default negative prompt is
+  encoded once and kept outside the prompt cache;
 - ``sigmas`` asks a private copy of the scheduler for the pipeline's schedule (linear
   ``1 → 1/T`` sigmas, the resolution-dependent shift ``mu`` of the pipeline's ``calculate_shift``
   and the scheduler's own exponential time shift and terminal stretch);
-- no per-prompt negative prompts, ``prompt_embeds`` inputs, attention kwargs or controlnets;
+- no ``prompt_embeds`` inputs, attention kwargs or controlnets;
 - the VAE decodes in float32 whatever the model dtype.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from flowdppo.models._diffusers_common import scheduler_sigmas
-from flowdppo.models._diffusers_policy import DiffusersPolicy
+from flowdppo.models._diffusers_policy import DiffusersPolicy, positive
 from flowdppo.models.base import Cond
 from flowdppo.models.flux import pack_latents, unpack_latents
 
@@ -57,21 +58,6 @@ class QwenImagePolicy(DiffusersPolicy):
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
 
     @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls, path_or_pipeline: Any, *, negative_prompt: str | None = None, **kwargs: Any
-    ) -> QwenImagePolicy:
-        """``DiffusersPolicy.from_pretrained`` plus ``negative_prompt``, the unconditional branch
-        of true CFG (None: ``" "``). Every other option is the base class's."""
-        if negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise TypeError(
-                f"negative_prompt must be a string, got {type(negative_prompt).__name__}"
-            )
-        policy = super().from_pretrained(path_or_pipeline, **kwargs)
-        if negative_prompt is not None:
-            policy.negative_prompt = negative_prompt
-        return policy
-
-    @classmethod
     def pipeline_class(cls) -> type:
         from diffusers import QwenImagePipeline
 
@@ -79,11 +65,7 @@ class QwenImagePolicy(DiffusersPolicy):
 
     def _check_shapes(self) -> tuple[int, int, int]:
         scale = self.pipeline.vae_scale_factor
-        if self.resolution % (scale * 2):
-            raise ValueError(
-                f"resolution {self.resolution} must be a multiple of {scale * 2} "
-                f"(VAE scale {scale} × 2 for the 2×2 latent packing)"
-            )
+        self._check_multiple(scale * 2, f"VAE scale {scale} × 2 for the 2×2 latent packing")
         if not 1 <= self.max_sequence_length <= 1024:
             raise ValueError(
                 f"max_sequence_length must be in [1, 1024] (QwenImagePipeline's limit), "
@@ -95,8 +77,8 @@ class QwenImagePolicy(DiffusersPolicy):
                 "Qwen-Image variants are not supported (diffusers' QwenImageTransformer2DModel "
                 "cannot run them)"
             )
-        side = self.resolution // scale
-        return (self.pipeline.transformer.config.in_channels // 4, side, side)
+        channels = self.pipeline.transformer.config.in_channels // 4
+        return (channels, self.height // scale, self.width // scale)
 
     def _encode_uncached(self, prompts: list[str]) -> Cond:
         """The pipeline's embeddings, zero-padded to ``max_sequence_length`` tokens + their mask."""
@@ -111,13 +93,6 @@ class QwenImagePolicy(DiffusersPolicy):
         full_mask = torch.zeros(n, self.max_sequence_length, dtype=torch.bool, device=embeds.device)
         full_mask[:, :length] = mask.bool()
         return {"prompt_embeds": padded.to(self.dtype), "prompt_embeds_mask": full_mask}
-
-    def unconditional(self) -> Cond:
-        """The negative prompt's conditioning [1, ...]: the unconditional branch of true CFG,
-        encoded once and held outside the prompt cache."""
-        if self._unconditional is None:
-            self._unconditional = self._encode([self.negative_prompt])
-        return self._unconditional
 
     @property
     def image_seq_len(self) -> int:
@@ -162,14 +137,14 @@ class QwenImagePolicy(DiffusersPolicy):
     def _velocity(
         self, latents: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance_scale: float
     ) -> torch.Tensor:
-        b, _, h, w = latents.shape
+        h, w = latents.shape[-2:]
         tokens = pack_latents(latents.to(self.dtype))  # [B, (h/2)(w/2), 4C]
         grid = (h // 2, w // 2)
+        pos = positive(cond)
         if guidance_scale <= 1.0:  # the pipeline's rule: true CFG only for true_cfg_scale > 1
-            return unpack_latents(self._transformer(tokens, sigma, cond, grid).float(), h, w)
-        empty = self.unconditional()  # [1, ...]
-        neg = {k: v.expand(b, *v.shape[1:]) for k, v in empty.items()}
-        both = {k: torch.cat([neg[k], cond[k]]) for k in cond}  # [2B, ...]: negative, then cond
+            return unpack_latents(self._transformer(tokens, sigma, pos, grid).float(), h, w)
+        neg = self.negative_branch(cond)
+        both = {k: torch.cat([neg[k], pos[k]]) for k in pos}  # [2B, ...]: negative, then cond
         out = self._transformer(torch.cat([tokens, tokens]), torch.cat([sigma, sigma]), both, grid)
         v_neg, v_cond = out.float().chunk(2)  # [B, N, 4C] each
         combined = v_neg + guidance_scale * (v_cond - v_neg)

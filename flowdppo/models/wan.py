@@ -15,7 +15,7 @@ timestep per latent token [B, F'·(H/s/2)·(W/s/2)], all equal, as the pipeline 
 Classifier-free guidance (``guidance_scale > 1``, the pipeline's rule): the unconditional branch is
 ``negative_prompt`` (``None`` or "": the empty prompt, which is what ``WanPipeline`` uses when given
 no negative prompt; the Wan authors sample with ``WAN_NEGATIVE_PROMPT``), encoded once and kept
-outside the prompt cache.
+outside the prompt cache; a prompt given its own (``set_negative_prompts``) uses that instead.
 
 Where this differs from ``WanPipeline.__call__`` (none of it changes the frames at float32 with
 ``FlowMatchEulerDiscreteScheduler``; the equivalence test compares them):
@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import torch
 
 from flowdppo.models._diffusers_common import scheduler_sigmas
-from flowdppo.models._diffusers_policy import DiffusersPolicy
+from flowdppo.models._diffusers_policy import DiffusersPolicy, positive
 from flowdppo.models.base import Cond
 
 # WanPipeline.__call__'s defaults: 480×832 pixels, 81 frames (5 s at 16 fps).
@@ -106,14 +106,6 @@ class WanPolicy(DiffusersPolicy):
 
         return WanPipeline
 
-    @property
-    def height(self) -> int:
-        return int(self.resolution[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.resolution[1])
-
     def _check_shapes(self) -> tuple[int, int, int, int]:
         pipe = self.pipeline
         temporal, spatial = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
@@ -149,13 +141,6 @@ class WanPolicy(DiffusersPolicy):
         )
         return {"prompt_embeds": embeds.to(self.dtype)}
 
-    def unconditional(self) -> Cond:
-        """The negative prompt's conditioning [1, ...] (the empty prompt if none was given),
-        the unconditional branch of CFG; encoded once, held outside the cache's budget."""
-        if self._unconditional is None:
-            self._unconditional = self._encode([self.negative_prompt])
-        return self._unconditional
-
     def sigmas(self, num_inference_steps: int) -> torch.Tensor:
         """The pipeline scheduler's sigmas with its own shift, float32 [T + 1] from 1 to 0."""
         return scheduler_sigmas(self.pipeline.scheduler, num_inference_steps)
@@ -177,12 +162,11 @@ class WanPolicy(DiffusersPolicy):
     def _velocity(
         self, latents: torch.Tensor, sigma: torch.Tensor, cond: Cond, guidance_scale: float
     ) -> torch.Tensor:
+        pos = positive(cond)
         if guidance_scale <= 1.0:  # the pipeline's rule: CFG only for guidance_scale > 1
-            return self._transformer(latents, sigma, cond).float()
-        batch = latents.shape[0]
-        negative = self.unconditional()  # [1, ...]
-        uncond = {k: v.expand(batch, *v.shape[1:]) for k, v in negative.items()}
-        both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}  # [2B, ...]: uncond, then cond
+            return self._transformer(latents, sigma, pos).float()
+        uncond = self.negative_branch(cond)  # the prompts' negatives, or ``negative_prompt``'s
+        both = {k: torch.cat([uncond[k], pos[k]]) for k in pos}  # [2B, ...]: uncond, then cond
         out = self._transformer(torch.cat([latents, latents]), torch.cat([sigma, sigma]), both)
         v_uncond, v_cond = out.float().chunk(2)
         return v_uncond + guidance_scale * (v_cond - v_uncond)

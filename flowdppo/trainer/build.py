@@ -21,6 +21,13 @@ def _dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
 def _shapes(cfg: ModelConfig, device: torch.device, shift: float | None) -> Any:
     from flowdppo.models.shapes import ShapesPolicy
 
+    for key in ("init_lora",):
+        if getattr(cfg, key) is not None:
+            raise ValueError(
+                f"model.{key}: {getattr(cfg, key)!r} is an option of the diffusers families; "
+                "the shapes family has none (set it to null)"
+            )
+
     return ShapesPolicy.from_pretrained(
         cfg.pretrained,
         shift=shift,
@@ -69,11 +76,15 @@ def _diffusers(family: str) -> Callable[[ModelConfig, torch.device, float | None
             kwargs["resolution"] = cfg.resolution
         if cfg.max_sequence_length is not None:
             kwargs["max_sequence_length"] = cfg.max_sequence_length
-        if cfg.negative_prompt is not None:  # validated: only families with a negative prompt
-            kwargs["negative_prompt"] = cfg.negative_prompt
+        kwargs.update(_pipeline_options(cfg))
         if family == "wan":
             kwargs.update(_video_options(cfg))
-        return cls.from_pretrained(cfg.pretrained, **kwargs)
+        policy = cls.from_pretrained(cfg.pretrained, **kwargs)
+        if cfg.init_lora is not None:
+            from flowdppo.models.init_lora import init_lora
+
+            init_lora(policy, cfg.init_lora)
+        return policy
 
     return build
 
@@ -86,6 +97,17 @@ def _video_options(cfg: ModelConfig) -> dict[str, Any]:
     return out
 
 
+def _pipeline_options(cfg: ModelConfig) -> dict[str, Any]:
+    """The pipeline options of ``cfg`` that differ from their defaults, as ``from_pretrained``
+    keywords: ``height``, ``width``, ``negative_prompt``, ``true_cfg_scale`` (FLUX.1)."""
+    out: dict[str, Any] = {k: getattr(cfg, k) for k in ("height", "width") if getattr(cfg, k)}
+    if cfg.negative_prompt is not None:  # validated: only families with a negative prompt
+        out["negative_prompt"] = cfg.negative_prompt
+    if cfg.true_cfg_scale != 1.0:
+        out["true_cfg_scale"] = cfg.true_cfg_scale
+    return out
+
+
 POLICY_BUILDERS: dict[str, Callable[[ModelConfig, torch.device, float | None], Any]] = {
     "shapes": _shapes,
     **{family: _diffusers(family) for family in DIFFUSERS_POLICIES},
@@ -95,10 +117,33 @@ POLICY_BUILDERS: dict[str, Callable[[ModelConfig, torch.device, float | None], A
 def build_policy(cfg: RunConfig, device: torch.device) -> Any:
     """The policy of ``cfg.model`` on ``device`` (its network compiled with ``model.compile``)."""
     policy = POLICY_BUILDERS[cfg.model.family](cfg.model, device, cfg.sampling.shift)
+    if cfg.eval.skip_guidance_layers is not None:
+        set_skip_layer_guidance(policy, cfg)
     if cfg.model.compile:
         check_compiler(device)
         policy.compile()
     return policy
+
+
+def set_skip_layer_guidance(policy: Any, cfg: RunConfig) -> None:
+    """Give the policy ``eval.skip_guidance_layers`` and its settings (SD3/SD3.5 only)."""
+    setter = getattr(policy, "set_skip_layer_guidance", None)
+    if setter is None:
+        raise ValueError(
+            f"eval.skip_guidance_layers: model.family {cfg.model.family} has no skip-layer "
+            "guidance (SD3/SD3.5 only); set it to null"
+        )
+    from flowdppo.models.sd3 import SkipLayerGuidance
+
+    e = cfg.eval
+    setter(
+        SkipLayerGuidance(
+            layers=tuple(e.skip_guidance_layers or ()),
+            scale=e.skip_layer_guidance_scale,
+            start=e.skip_layer_guidance_start,
+            stop=e.skip_layer_guidance_stop,
+        )
+    )
 
 
 def check_compiler(device: torch.device) -> None:

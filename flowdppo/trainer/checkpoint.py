@@ -277,10 +277,16 @@ def _load_legacy(file: Path) -> Any:
 
 def load_trainable(policy: Any, path: Path, use_ema: bool = False) -> None:
     """Load a checkpoint's trainable weights (or its EMA weights) into the policy."""
+    policy.load_trainable_state_dict(trainable_tensors(path, use_ema))
+
+
+def trainable_tensors(path: Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """A checkpoint's trainable weights (or its EMA weights) by parameter name, on the CPU,
+    checked against its manifest: what ``flowdppo export`` reads without building the model."""
     name = "ema.safetensors" if use_ema else "trainable.safetensors"
     if use_ema and not (path / name).exists():
         raise FileNotFoundError(f"{path / name} does not exist (the run had no EMA)")
-    policy.load_trainable_state_dict(_load_tensors(_checked(path, name)))
+    return _load_tensors(_checked(path, name))
 
 
 def load_checkpoint(path: Path, policy: Any, optimizer: torch.optim.Optimizer, ema: Any) -> int:

@@ -2,7 +2,9 @@
 
 A source is a registered prefix (``flowdppo.trainer.sources``: ``shapes:train`` / ``shapes:test``,
 the shipped Shapes split, optionally restricted to categories, ``shapes:train:counting,position``),
-or a ``.txt`` (one prompt a line) / ``.jsonl`` (``{"prompt": ..., <metadata>...}``) file. The P
+or a ``.txt`` (one prompt a line) / ``.jsonl`` (``{"prompt": ..., <metadata>...}``) file; a
+``.jsonl`` row may give its prompt a ``negative_prompt`` (a string, kept in its metadata), which
+``register_negative_prompts`` hands to the policy for CFG's negative branch. The P
 prompts of iteration i are positions ``[i·P, (i+1)·P)`` of an endless sequence of seeded
 permutations (one per epoch), so the data cursor is the iteration number itself and resuming
 needs no other state. With ``data.balance_key`` (default ``category``) every category weighs the
@@ -18,6 +20,8 @@ from typing import Any
 import torch
 
 from flowdppo.trainer.sources import prompt_source
+
+NEGATIVE_KEY = "negative_prompt"  # a .jsonl row's negative prompt
 
 
 def load_prompts(source: str) -> tuple[list[str], list[dict[str, Any]]]:
@@ -56,6 +60,10 @@ def load_file_prompts(source: str) -> tuple[list[str], list[dict[str, Any]]]:
                 )
             if not row["prompt"].strip():
                 raise ValueError(f"{path}:{n}: the prompt is empty")
+            if not isinstance(row.get(NEGATIVE_KEY, ""), str):
+                raise ValueError(
+                    f"{path}:{n}: '{NEGATIVE_KEY}' must be a string, got {row[NEGATIVE_KEY]!r}"
+                )
             prompts.append(row.pop("prompt"))
             meta.append(row)
         if not prompts:
@@ -65,6 +73,32 @@ def load_file_prompts(source: str) -> tuple[list[str], list[dict[str, Any]]]:
     if not prompts:
         raise ValueError(f"prompt file {source} holds no prompts")
     return prompts, [{} for _ in prompts]
+
+
+def register_negative_prompts(
+    policy: Any, prompts: list[str], metadata: list[dict[str, Any]], source: str
+) -> None:
+    """Give ``policy`` the ``negative_prompt`` of every prompt whose metadata has one
+    (``set_negative_prompts``); an error naming ``source`` if the policy has no negative
+    prompts (Shapes) and the source gives some."""
+    negatives: dict[str, str] = {}
+    for prompt, meta in zip(prompts, metadata, strict=True):
+        if NEGATIVE_KEY not in meta:
+            continue
+        if negatives.setdefault(prompt, meta[NEGATIVE_KEY]) != meta[NEGATIVE_KEY]:
+            raise ValueError(
+                f"{source}: prompt {prompt!r} has two negative prompts, "
+                f"{negatives[prompt]!r} and {meta[NEGATIVE_KEY]!r}"
+            )
+    if not negatives:
+        return
+    uses = getattr(policy, "uses_negative_prompts", None)
+    if uses is None or not uses():
+        raise ValueError(
+            f"{source}: gives negative prompts ('{NEGATIVE_KEY}'), which this model does not use "
+            "(no negative branch in its guidance; FLUX.1: set model.true_cfg_scale > 1)"
+        )
+    policy.set_negative_prompts(negatives)
 
 
 def balance_by(metadata: list[dict[str, Any]], key: str) -> list[int]:

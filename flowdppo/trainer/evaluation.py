@@ -22,7 +22,7 @@ import torch
 from flowdppo.config.schema import RunConfig
 from flowdppo.core import gaussian_kl, recompute_step, sample
 from flowdppo.rewards.compute import compute_rewards
-from flowdppo.trainer.data import load_prompts
+from flowdppo.trainer.data import load_prompts, register_negative_prompts
 from flowdppo.trainer.sampling import counted, generate
 from flowdppo.trainer.sources import EvalSamples, prompt_source
 from flowdppo.viz import save_samples
@@ -67,6 +67,7 @@ def _sample_prompts(
     """ODE samples of the source's first ``n`` prompts, with no metrics and no marks."""
     prompts, meta = load_prompts(source)
     prompts, meta = prompts[:n], meta[:n]
+    register_negative_prompts(policy, prompts, meta, source)
     images = generate(policy, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed)
     return EvalSamples(prompts, meta, images, {}, [None] * len(prompts))
 

@@ -69,13 +69,15 @@ def generate(
     """ODE samples of ``prompts``: images [N, 3, H, W] in [0, 1] (videos: [N, F, 3, H, W]); noise
     of sample j seeded (seed, j).
 
-    ``velocity(x, sigma, cond)`` replaces the policy's own CFG velocity (``cond``: the batch's
-    encoded prompts), for samplers built from the policy, e.g. one that switches to the reference
-    model at some σ (``benchmarks/shapes_hybrid_sampler.py``)."""
-    field = velocity or (lambda x, s, c: policy.velocity(x, s, c, guidance_scale))
-    out = []
+    ``velocity(x, sigma, cond)`` replaces the policy's own evaluation velocity (``cond``: the
+    batch's encoded prompts), for samplers built from the policy, e.g. one that switches to the
+    reference model at some σ (``benchmarks/shapes_hybrid_sampler.py``). The policy's own is its
+    ``evaluation_velocity(sigmas, guidance_scale)`` when it has one (SD3.5: skip-layer guidance,
+    ``eval.skip_guidance_layers``), else its CFG ``velocity``."""
     sigmas = policy.sigmas(steps)
+    field = velocity or evaluation_velocity(policy, sigmas, guidance_scale)
     field = counted(field, -(-len(prompts) // batch_size) * steps)  # one call per step
+    out = []
     for lo in tqdm(
         range(0, len(prompts), batch_size), desc="sampling", disable=not progress, unit="batch"
     ):
@@ -93,3 +95,14 @@ def generate(
         vel = lambda x, s, c=cond: field(x, s, c)  # noqa: E731
         out.append(policy.decode(sample(vel, noise, sigmas, sampler="ode").latents).cpu())
     return torch.cat(out)
+
+
+def evaluation_velocity(
+    policy: Any, sigmas: torch.Tensor, guidance_scale: float
+) -> Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]:
+    """The velocity ``(x, sigma, cond) -> v`` of evaluation sampling over ``sigmas``: the
+    policy's ``evaluation_velocity`` when it defines one, else ``velocity`` with CFG."""
+    own = getattr(policy, "evaluation_velocity", None)
+    if own is not None:
+        return own(sigmas, guidance_scale)
+    return lambda x, s, c: policy.velocity(x, s, c, guidance_scale)

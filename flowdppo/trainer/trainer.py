@@ -39,7 +39,12 @@ from flowdppo.trainer.checkpoint import (
     write_failure,
 )
 from flowdppo.trainer.crashpoints import crash_point
-from flowdppo.trainer.data import balance_by, load_prompts, prompt_indices
+from flowdppo.trainer.data import (
+    balance_by,
+    load_prompts,
+    prompt_indices,
+    register_negative_prompts,
+)
 from flowdppo.trainer.ema import EMA
 from flowdppo.trainer.evaluation import evaluate
 from flowdppo.trainer.experience import Experience, collect, kl_to_reference
@@ -81,6 +86,7 @@ class Trainer:
         self.policy = build_policy(cfg, self.acc.device)
         self.rewards = build_run_rewards(cfg)
         prompts, metadata = load_prompts(cfg.data.train_prompts)
+        register_negative_prompts(self.policy, prompts, metadata, cfg.data.train_prompts)
         order = (
             balance_by(metadata, cfg.data.balance_key)
             if cfg.data.balance_key

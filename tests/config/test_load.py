@@ -257,3 +257,36 @@ def test_dump_config_never_leaves_a_cut_file(tmp_path, monkeypatch) -> None:
     with pytest.raises(OSError, match="No space left"):
         dump_config(load_config(None, ["train.seed=7"]), path)
     assert path.read_text() == before and load_config(path).train.seed == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.height=0"], "model.height: expected null or a number of pixels >= 1, got 0"),
+        (["model.true_cfg_scale=0.5"], "model.true_cfg_scale: expected a number >= 1 (1 = off)"),
+        (
+            ["model.family=sd3", "model.true_cfg_scale=2"],
+            "model.true_cfg_scale: expected 1 for model.family sd3 (true CFG is FLUX.1's",
+        ),
+        (
+            ["model.init_lora=x", "model.full_finetune=true"],
+            "model.init_lora: expected null with model.full_finetune: true",
+        ),
+        (
+            ["eval.skip_guidance_layers=[]"],
+            "eval.skip_guidance_layers: expected null or a non-empty list of transformer block",
+        ),
+        (
+            ["eval.skip_layer_guidance_start=0.5", "eval.skip_layer_guidance_stop=0.2"],
+            "eval.skip_layer_guidance_start / _stop: expected 0 <= start < stop <= 1, got [0.5, 0.2]",
+        ),
+    ],
+)
+def test_pipeline_options_are_validated(overrides, message) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+    assert (
+        load_config(None, ["model.family=flux", "model.true_cfg_scale=2.5"]).model.true_cfg_scale
+        == 2.5
+    )

@@ -127,7 +127,7 @@ def test_negative_prompt_config_field(tiny_qwen_image_path) -> None:
     from flowdppo.trainer.build import POLICY_BUILDERS
 
     with pytest.raises(ConfigError, match=r"model.negative_prompt: expected None for model.family"):
-        load_config(overrides=["model.family=sd3", "model.negative_prompt=blurry"])
+        load_config(overrides=["model.family=flux2_klein", "model.negative_prompt=blurry"])
     cfg = load_config(
         overrides=[
             "model.family=qwen_image",

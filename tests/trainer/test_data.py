@@ -7,7 +7,12 @@ from collections import Counter
 
 import pytest
 
-from flowdppo.trainer.data import balance_by, load_prompts, prompt_indices
+from flowdppo.trainer.data import (
+    balance_by,
+    load_prompts,
+    prompt_indices,
+    register_negative_prompts,
+)
 
 
 def test_shapes_sources_and_category_filter():
@@ -36,6 +41,38 @@ def test_files(tmp_path):
         load_prompts(str(jl))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_prompts(str(tmp_path / "missing.txt"))
+
+
+def test_jsonl_negative_prompts_reach_the_policy(tmp_path):
+    jl = tmp_path / "p.jsonl"
+    rows = [{"prompt": "a cat", "negative_prompt": "blurry"}, {"prompt": "a dog"}]
+    jl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts, meta = load_prompts(str(jl))
+    assert meta == [{"negative_prompt": "blurry"}, {}]
+
+    class Policy:
+        def __init__(self, uses=True):
+            self.given, self.uses = {}, uses
+
+        def uses_negative_prompts(self):
+            return self.uses
+
+        def set_negative_prompts(self, negatives):
+            self.given.update(negatives)
+
+    policy = Policy()
+    register_negative_prompts(policy, prompts, meta, str(jl))
+    assert policy.given == {"a cat": "blurry"}  # "a dog" keeps the model's negative prompt
+    for unused in (object(), Policy(uses=False)):  # Shapes; FLUX.1 without true CFG
+        with pytest.raises(ValueError, match=r"p.jsonl: gives negative prompts .* does not use"):
+            register_negative_prompts(unused, prompts, meta, str(jl))
+    register_negative_prompts(object(), ["a dog"], [{}], "shapes:test")  # none given: fine
+    twice = [{"negative_prompt": "blurry"}, {"negative_prompt": "dark"}]
+    with pytest.raises(ValueError, match=r"p.jsonl: prompt 'a cat' has two negative prompts"):
+        register_negative_prompts(policy, ["a cat", "a cat"], twice, str(jl))
+    jl.write_text(json.dumps({"prompt": "a cat", "negative_prompt": 3}) + "\n")
+    with pytest.raises(ValueError, match=r"p.jsonl:1: 'negative_prompt' must be a string, got 3"):
+        load_prompts(str(jl))
 
 
 def test_balance_by_gives_each_value_equal_weight():
