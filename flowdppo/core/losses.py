@@ -208,16 +208,18 @@ def stable_ratio(log_ratio: Tensor) -> Tensor:
     return torch.exp(log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO))
 
 
-def _ratio_metrics(ratio: Tensor, f: _Flat, reduction: str) -> dict[str, float]:
-    kl = gaussian_kl(f.mean.detach(), f.mean_old, f.std, reduction)
+def _ratio_metrics(
+    ratio: Tensor, f: _Flat, reduction: str, kl: Tensor | None = None
+) -> dict[str, float]:
+    """ratio/{mean,min,max} and kl/old_new_{mean,max}; ``kl`` [N]: the exact KL if already
+    computed (Flow-DPPO's divergence), else computed here. One conversion to python floats."""
+    if kl is None:
+        kl = gaussian_kl(f.mean.detach(), f.mean_old, f.std, reduction)
     r = ratio.detach()
-    return {
-        "ratio/mean": r.mean().item(),
-        "ratio/min": r.min().item(),
-        "ratio/max": r.max().item(),
-        "kl/old_new_mean": kl.mean().item(),
-        "kl/old_new_max": kl.max().item(),
-    }
+    r_min, r_max = torch.aminmax(r)
+    values = torch.stack([r.mean(), r_min, r_max, kl.mean(), kl.max()]).tolist()
+    names = ("ratio/mean", "ratio/min", "ratio/max", "kl/old_new_mean", "kl/old_new_max")
+    return dict(zip(names, values, strict=True))
 
 
 def dppo_drop(div: Tensor, log_ratio: Tensor, adv: Tensor, delta: float) -> Tensor:
@@ -267,17 +269,13 @@ def flow_dppo_loss(
         pos, neg = f.adv > 0, f.adv < 0
     per_term = torch.where(drop, torch.zeros_like(ratio), -f.adv * ratio)
     loss = per_term.mean()
-    metrics = _ratio_metrics(ratio, f, reduction)
-    metrics.update(
-        {
-            "mask/frac": drop.float().mean().item(),
-            "mask/frac_pos_adv": (drop & pos).float().mean().item(),
-            "mask/frac_neg_adv": (drop & neg).float().mean().item(),
-            f"{divergence}/old_new_mean": div.mean().item(),
-            f"{divergence}/old_new_max": div.max().item(),
-            "loss/policy": loss.item(),
-        }
-    )
+    metrics = _ratio_metrics(ratio, f, reduction, kl=div if div_fn is gaussian_kl else None)
+    with torch.no_grad():  # one conversion to python floats for the six values
+        fracs = torch.stack([drop, drop & pos, drop & neg]).float().mean(dim=1)  # [3]
+        values = torch.cat([fracs, torch.stack([div.mean(), div.max(), loss])]).tolist()
+    names = ("mask/frac", "mask/frac_pos_adv", "mask/frac_neg_adv")
+    names += (f"{divergence}/old_new_mean", f"{divergence}/old_new_max", "loss/policy")
+    metrics.update(zip(names, values, strict=True))
     return LossOutput(loss, metrics)
 
 

@@ -125,17 +125,17 @@ def sample(
     xs: list[Tensor] = []
     untrained = velocity_fn if untrained_velocity_fn is None else untrained_velocity_fn
     for i in range(num_steps):
-        sigma, sigma_next = sig[i].expand(batch), sig[i + 1].expand(batch)
-        v = (velocity_fn if i in train else untrained)(x, sigma)
+        v = (velocity_fn if i in train else untrained)(x, sig[i].expand(batch))
         if i in train:
             z = None if noise is None else noise[:, len(records)]
+            # the step's two sigmas as 0-d tensors: the kernel checks them as two numbers
             out = kernel(
-                x, v, sigma, sigma_next, eta, noise=z, generator=generator, reduction=reduction
+                x, v, sig[i], sig[i + 1], eta, noise=z, generator=generator, reduction=reduction
             )
             xs.append(x)
             records.append(out)
         else:
-            out = ode_step(x, v, sigma, sigma_next)
+            out = ode_step(x, v, sig[i], sig[i + 1])
         x = out.x_next
     idx = torch.tensor(train, dtype=torch.long, device=x.device)
     return RolloutOutput(

@@ -82,31 +82,50 @@ def gaussian_log_prob(
         raise ValueError(
             f"x and mean must have the same shape, got {list(x.shape)} and {list(mean.shape)}"
         )
-    x32, mean32 = x.float(), mean.float()
     std_b = per_sample(std, x.shape[0], x.device, "std")
     if not (std_b > 0).all():
         raise ValueError(f"std must be > 0, got {std_b.tolist()}")
-    s = expand_like(std_b, x32)
-    elem = -((x32 - mean32) ** 2) / (2.0 * s**2) - torch.log(s) - 0.5 * _LOG_2PI
+    return _log_density(x.float(), mean.float(), std_b, reduction)
+
+
+def _log_density(x: Tensor, mean: Tensor, std: Tensor, reduction: str) -> Tensor:
+    """``gaussian_log_prob`` without its checks: float32 x, mean [B, ...], std [B] > 0."""
+    s = expand_like(std, x)
+    elem = -((x - mean) ** 2) / (2.0 * s**2) - torch.log(s) - 0.5 * _LOG_2PI
     return reduce_over_sample(elem, reduction)
 
 
 def _step_log_prob(x_next: Tensor, mean: Tensor, std: Tensor, reduction: str) -> Tensor:
     """``gaussian_log_prob`` where ``std > 0``, exactly 0 where ``std == 0`` (deterministic)."""
     positive = std > 0
+    if bool(positive.all()):  # every stochastic step: the same values without the masking ops
+        return _log_density(x_next, mean, std, reduction)
     safe_std = torch.where(positive, std, torch.ones_like(std))
-    lp = gaussian_log_prob(x_next, mean, safe_std, reduction)
+    lp = _log_density(x_next, mean, safe_std, reduction)
     return torch.where(positive, lp, torch.zeros_like(lp))
 
 
-def _check_sigmas(sigma: Tensor, sigma_next: Tensor) -> None:
-    if not ((sigma > 0) & (sigma <= 1)).all():
-        raise ValueError(f"sigma must lie in (0, 1], got {sigma.tolist()}")
-    if not ((sigma_next >= 0) & (sigma_next < sigma)).all():
-        raise ValueError(
-            f"sigma_next must satisfy 0 <= sigma_next < sigma, got sigma={sigma.tolist()}, "
-            f"sigma_next={sigma_next.tolist()}"
-        )
+def _is_scalar(value: float | Tensor) -> bool:
+    """Whether ``value`` is one number for the whole batch (a python number or a 0-d tensor)."""
+    return not isinstance(value, Tensor) or value.ndim == 0
+
+
+def _check_sigmas(s: Tensor, s_next: Tensor, scalar: bool) -> None:
+    """0 < sigma <= 1 and 0 <= sigma_next < sigma for the float32 [B] ``s``, ``s_next``; with
+    ``scalar`` (each is one value expanded over the batch) tested on python floats."""
+    if scalar and s.numel():  # the rollout's case: two numbers, no tensor ops
+        a, b = float(s[0]), float(s_next[0])
+        ok = 0 < a <= 1 and 0 <= b < a
+    else:
+        ok = bool(((s > 0) & (s <= 1) & (s_next >= 0) & (s_next < s)).all())
+    if ok:
+        return
+    if not bool(((s > 0) & (s <= 1)).all()):
+        raise ValueError(f"sigma must lie in (0, 1], got {s.tolist()}")
+    raise ValueError(
+        f"sigma_next must satisfy 0 <= sigma_next < sigma, got sigma={s.tolist()}, "
+        f"sigma_next={s_next.tolist()}"
+    )
 
 
 def _run_step(
@@ -137,7 +156,7 @@ def _run_step(
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     s = per_sample(sigma, x.shape[0], x.device, "sigma")
     s_next = per_sample(sigma_next, x.shape[0], x.device, "sigma_next")
-    _check_sigmas(s, s_next)
+    _check_sigmas(s, s_next, _is_scalar(sigma) and _is_scalar(sigma_next))
     mean, std = moments(x.float(), v.float(), s, s_next, eta)
     if x_next is None:
         if not stochastic:

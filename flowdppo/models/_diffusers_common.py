@@ -322,9 +322,9 @@ def decode_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     shift = config.shift_factor if config.get("shift_factor") is not None else 0.0
     x = latents.to(device=next(vae.parameters()).device, dtype=torch.float32)
     x = x / config.scaling_factor + shift
-    with torch.no_grad():
+    with torch.inference_mode():  # no autograd bookkeeping at all: images never need a gradient
         images = vae.decode(x, return_dict=False)[0]
-    return (images.float() / 2 + 0.5).clamp(0, 1)
+    return (images.float() / 2 + 0.5).clamp(0, 1)  # outside: a normal tensor, not an inference one
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype, enabled: bool):

@@ -15,6 +15,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -120,9 +121,10 @@ def _micro_loss(
     exp: Experience,
     local: torch.Tensor,
     cfg: RunConfig,
-    delta: float | None = None,
+    hparams: dict[str, Any],
 ):
-    """Loss output of one micro-batch of local pair ids (sample_local * K + step)."""
+    """Loss output of one micro-batch of local pair ids (sample_local * K + step); ``hparams``
+    the loss's hyper-parameters (``loss_hparams``)."""
     k = exp.std.shape[1]
     i, s = local // k, local % k
     cond = policy.encode_prompts([exp.prompts[j] for j in i.tolist()])  # cached per prompt
@@ -151,17 +153,19 @@ def _micro_loss(
         mean_ref=None if exp.mean_ref is None else exp.mean_ref[i, s],  # only β > 0 needs it
         step_size=(exp.sigma[s] - exp.sigma_next[s]),
     )
-    params = cfg.loss.params()
-    if delta is not None:  # the adaptive δ of this iteration (loss.delta_schedule: adaptive)
-        params = dataclasses.replace(params, delta=delta)
     out = compute_loss(
-        cfg.loss.name,
-        inp,
-        beta=cfg.loss.beta,
-        adv_clip=cfg.loss.adv_clip,
-        **dataclasses.asdict(params),
+        cfg.loss.name, inp, beta=cfg.loss.beta, adv_clip=cfg.loss.adv_clip, **hparams
     )
     return out, (new, i, s)
+
+
+def loss_hparams(cfg: RunConfig, delta: float | None) -> dict[str, Any]:
+    """The loss's hyper-parameters of this iteration: ``loss.*``, with the adaptive δ if given
+    (``loss.delta_schedule: adaptive``). Built once per iteration, not per micro-batch."""
+    params = cfg.loss.params()
+    if delta is not None:
+        params = dataclasses.replace(params, delta=delta)
+    return dataclasses.asdict(params)
 
 
 def _diagnostic_rows(
@@ -197,11 +201,18 @@ def _sum_gradients(
     params: list[torch.nn.Parameter],
     reduce: Callable[[torch.Tensor, str], torch.Tensor],
     faults: float = 0.0,
+    processes: int = 2,
 ) -> float:
     """Sum gradients over processes (each holds its share of the global mean) in one collective:
     flattened into one buffer, not one all-reduce per parameter (hundreds for a big LoRA).
     ``faults`` (this process's count of non-finite inputs) rides in the same buffer; returns
-    the sum over processes, so that every process decides alike whether to skip the step."""
+    the sum over processes, so that every process decides alike whether to skip the step.
+    With ``processes`` 1 the gradients already are the sum: nothing is copied."""
+    if processes == 1:
+        for p in params:
+            if p.grad is None:  # as the flat buffer would: a zero gradient, stepped like the others
+                p.grad = torch.zeros_like(p)
+        return faults
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flag = torch.tensor([faults], dtype=grads[0].dtype, device=grads[0].device)
     flat = reduce(torch.cat([*(g.reshape(-1) for g in grads), flag]), "sum")  # [total numel + 1]
@@ -210,10 +221,13 @@ def _sum_gradients(
     return float(flat[-1])
 
 
+@torch.no_grad()
 def _check_weights(params: list[torch.nn.Parameter], iteration: int, lr: float) -> None:
     """Refuse to go on with non-finite weights (the step's inputs were finite: the lr or the
-    optimizer's state overflowed); nothing after the last checkpoint is saved."""
-    if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+    optimizer's state overflowed); nothing after the last checkpoint is saved. A tensor is
+    finite iff its largest |w| is (NaN propagates through the max): one fused call."""
+    live = [p for p in params if p.numel()]  # an empty tensor is finite (and has no max)
+    if live and not bool(torch.stack(torch._foreach_norm(live, float("inf"))).isfinite().all()):
         raise NonFiniteError(
             f"iteration {iteration}: the optimizer step made the trainable weights non-finite "
             f"(lr {lr:g}; its gradients were finite); the run stops, its last checkpoint is "
@@ -233,11 +247,13 @@ def update_policy(
     after_step: Callable[[], None] = lambda: None,
     delta: float | None = None,
     diagnostics: list[dict[str, float]] | None = None,
+    processes: int = 2,
 ) -> dict[str, float]:
     """Run the N updates; returns metrics averaged over all terms of all processes.
     ``delta`` replaces ``loss.delta`` for this iteration (the adaptive δ); ``diagnostics``, if
     given, receives up to ``train.diagnostic_terms`` of this process's terms (spread over the
-    updates: the first terms of each update's first micro-batch)."""
+    updates: the first terms of each update's first micro-batch). ``processes``: how many
+    processes ``reduce`` sums over (1: the gradients need no summing)."""
     params = list(policy.trainable_parameters())
     lr = learning_rate(cfg, iteration)
     for group in optimizer.param_groups:
@@ -248,6 +264,7 @@ def update_policy(
     assert exp.advantages is not None
     bad_adv = not bool(torch.isfinite(exp.advantages).all())  # rewards are checked on arrival
     skipped = 0
+    hparams = loss_hparams(cfg, delta)
     batches = [
         mb for mb in minibatches(num_samples, k, valid_global, cfg, iteration) if mb.numel() > 0
     ]
@@ -259,7 +276,7 @@ def update_policy(
         for j, micro in enumerate(
             torch.split(mine, cfg.optim.micro_batch_size) if mine.numel() else ()
         ):
-            out, parts = _micro_loss(policy, exp, micro, cfg, delta)
+            out, parts = _micro_loss(policy, exp, micro, cfg, hparams)
             if diagnostics is not None and j == 0:
                 per_update = -(-cfg.train.diagnostic_terms // len(batches))
                 diagnostics += _diagnostic_rows(exp, cfg, parts, per_update, u)
@@ -268,8 +285,8 @@ def update_policy(
             acc.add(out.metrics, micro.numel())
             if u == 0:
                 first.add(out.metrics, micro.numel())
-        faults = _sum_gradients(params, reduce, float(bad_adv) + float(bad_loss))
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        faults = _sum_gradients(params, reduce, float(bad_adv) + float(bad_loss), processes)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
         # identical on every process: summed gradients and fault counts
         finite = faults == 0 and bool(torch.isfinite(grad_norm))
         acc.add(
