@@ -115,9 +115,9 @@ def _check_sigmas(s: Tensor, s_next: Tensor, scalar: bool) -> None:
     ``scalar`` (each is one value expanded over the batch) tested on python floats."""
     if scalar and s.numel():  # the rollout's case: two numbers, no tensor ops
         a, b = float(s[0]), float(s_next[0])
-        ok = 0 < a <= 1 and 0 <= b < a
-    else:
-        ok = bool(((s > 0) & (s <= 1) & (s_next >= 0) & (s_next < s)).all())
+        ok = 0 <= b < a <= 1
+    else:  # 0 <= sigma_next < sigma <= 1 (sigma > 0 follows; NaN fails every comparison)
+        ok = bool(((s_next >= 0) & (s_next < s) & (s <= 1)).all())
     if ok:
         return
     if not bool(((s > 0) & (s <= 1)).all()):

@@ -107,6 +107,7 @@ def _rollout_batch(
     iteration: int,
     steps: list[int],
     reference: bool,
+    sigmas: torch.Tensor,
 ):
     s = cfg.sampling
     shape = policy.latent_shape
@@ -131,7 +132,7 @@ def _rollout_batch(
     out = sample(
         velocity,
         init,
-        policy.sigmas(s.num_inference_steps),
+        sigmas,
         sampler=s.sampler,
         eta=s.eta,
         train_steps=steps,
@@ -177,6 +178,7 @@ def collect(
     """Roll out this process's samples in forward batches; rewards run in ``pool`` meanwhile."""
     bs = cfg.sampling.batch_size
     reference = cfg.reference_pass(iteration)
+    sigmas = policy.sigmas(cfg.sampling.num_inference_steps)  # once: a scheduler query each time
     parts, futures = [], []
     t_roll = 0.0
     for lo in range(0, len(prompts), bs):
@@ -189,6 +191,7 @@ def collect(
             iteration,
             steps,
             reference,
+            sigmas,
         )
         t_roll += time.perf_counter() - t0
         parts.append((out, mean_ref, images))

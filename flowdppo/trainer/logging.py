@@ -36,7 +36,12 @@ class RunLogger:
             # On resume, TensorBoard drops the events of steps after the checkpoint (written by
             # the interrupted run, about to be redone), as metrics.jsonl drops their lines.
             purge = resume_iter + 1 if resume_iter is not None else None
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
+            # Written in the background: a queue that holds many iterations' scalars and a file
+            # flushed every 10 s (and on close), so ``log`` never waits for the writer thread
+            # (a flush per iteration, or a full 10-event queue, cost ms on a busy machine).
+            self._tb = SummaryWriter(
+                str(run_dir / "tensorboard"), purge_step=purge, max_queue=1000, flush_secs=10
+            )
         except ImportError:  # tensorboard is optional for logging
             self._tb = None
 
@@ -69,7 +74,6 @@ class RunLogger:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(k, v, iteration)
-            self._tb.flush()
 
     def close(self) -> None:
         if self._tb is not None:

@@ -52,22 +52,22 @@ class MetricAccumulator:
         ``keys``: the metric names of all processes (every process must issue the same
         collectives in the same order, also one that saw no terms); default: this one's own.
         """
-        out: dict[str, float] = {}
         names = sorted(set(self.sums) | set(self.extremes)) if keys is None else keys
-        for k in names:
-            if _is_extreme(k):
-                op = "max" if _is_max(k) else "min"
-                v = self.extremes.get(k, -float("inf") if op == "max" else float("inf"))
-                out[k] = float(reduce(torch.tensor([v], dtype=torch.float64), op)[0])
-            else:
-                t = reduce(
-                    torch.tensor(
-                        [self.sums.get(k, 0.0), self.weights.get(k, 0.0)], dtype=torch.float64
-                    ),
-                    "sum",
-                )
-                out[k] = float(t[0] / t[1]) if t[1] > 0 else 0.0
-        return out
+        means = [k for k in names if not _is_extreme(k)]
+        highs = [k for k in names if _is_max(k)]
+        lows = [k for k in names if _is_extreme(k) and not _is_max(k)]
+        out: dict[str, float] = {}
+        # One collective per kind (sum, max, min) for all metrics, not one per metric.
+        if means:
+            sums = [self.sums.get(k, 0.0) for k in means] + [self.weights.get(k, 0.0) for k in means]
+            t = reduce(torch.tensor(sums, dtype=torch.float64), "sum").tolist()  # [2M]
+            for k, total, weight in zip(means, t[: len(means)], t[len(means) :], strict=True):
+                out[k] = total / weight if weight > 0 else 0.0
+        for ks, op, empty in ((highs, "max", -float("inf")), (lows, "min", float("inf"))):
+            if ks:
+                v = torch.tensor([self.extremes.get(k, empty) for k in ks], dtype=torch.float64)
+                out.update(zip(ks, reduce(v, op).tolist(), strict=True))
+        return {k: out[k] for k in names}
 
     def keys(self) -> list[str]:
         return sorted(set(self.sums) | set(self.extremes))

@@ -71,3 +71,19 @@ def test_a_line_cut_short_by_a_crash_is_dropped_and_a_broken_one_named(tmp_path)
     path.write_text('{"kind": "train", "iter": 1}\nnot json\n{"kind": "train", "iter": 2}\n')
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a JSON metric line"):
         read_metrics(tmp_path)
+
+
+def test_tensorboard_holds_every_scalar_after_close(tmp_path) -> None:
+    """Scalars go to a background writer without a flush per line: closing writes them all."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = RunLogger(tmp_path)
+    for i in range(1, 31):  # more events than a 10-event queue would hold
+        log.log("train", i, {"reward/mean": i / 10, "loss/total": -float(i), "x": math.nan})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["loss/total", "reward/mean"]  # no NaN scalar
+    got = [(e.step, e.value) for e in events.Scalars("reward/mean")]
+    assert got == [(i, pytest.approx(i / 10)) for i in range(1, 31)]
+    assert [e.value for e in events.Scalars("loss/total")] == [-float(i) for i in range(1, 31)]
