@@ -59,8 +59,9 @@ class MetricAccumulator:
         out: dict[str, float] = {}
         # One collective per kind (sum, max, min) for all metrics, not one per metric.
         if means:
-            sums = [self.sums.get(k, 0.0) for k in means] + [self.weights.get(k, 0.0) for k in means]
-            t = reduce(torch.tensor(sums, dtype=torch.float64), "sum").tolist()  # [2M]
+            values = [self.sums.get(k, 0.0) for k in means]
+            values += [self.weights.get(k, 0.0) for k in means]
+            t = reduce(torch.tensor(values, dtype=torch.float64), "sum").tolist()  # [2M]
             for k, total, weight in zip(means, t[: len(means)], t[len(means) :], strict=True):
                 out[k] = total / weight if weight > 0 else 0.0
         for ks, op, empty in ((highs, "max", -float("inf")), (lows, "min", float("inf"))):

@@ -213,6 +213,12 @@ def test_registry_and_unknown_sampler():
         ({"reduction": "max"}, "reduction must be one of"),
         ({"sigma_next": 0.6}, "sigma_next must satisfy"),
         ({"sigma": 1.2}, r"sigma must lie in \(0, 1\]"),
+        ({"sigma": torch.tensor(1.2)}, r"sigma must lie in \(0, 1\]"),  # 0-d: the scalar test
+        ({"sigma": float("nan")}, r"sigma must lie in \(0, 1\]"),
+        ({"sigma_next": torch.tensor(-0.1)}, "sigma_next must satisfy"),
+        ({"sigma": torch.tensor([0.6, 0.6, 1.2, 0.6])}, r"sigma must lie in \(0, 1\]"),
+        ({"sigma_next": torch.tensor([0.4, 0.6, 0.4, 0.4])}, "sigma_next must satisfy"),
+        ({"sigma_next": torch.tensor([0.4, -0.1, 0.4, 0.4])}, "sigma_next must satisfy"),
         ({"sigma": torch.ones(3)}, r"sigma must be a float or a tensor of shape \[4\]"),
         ({"eta": -0.1}, "eta must be a finite number >= 0"),
     ],
@@ -302,3 +308,23 @@ def test_gaussian_log_prob_gradient_by_hand(reduction, d):
     torch.testing.assert_close(mean.grad, torch.full((1, d), 0.8 * per_dim), atol=1e-6, rtol=0)
     torch.testing.assert_close(x.grad, torch.full((1, d), -0.8 * per_dim), atol=1e-6, rtol=0)
     assert std.grad.item() == pytest.approx(-1.68 * d * per_dim, abs=1e-5)
+
+
+def test_a_batch_mixing_deterministic_and_stochastic_steps_scores_each_sample_alike():
+    """Per-sample sigmas where one sample's step has std 0 (CPS's last step): its log-prob is 0
+    and the others' are the Gaussian's, equal to scoring each sample on its own."""
+    x, v = _xv()
+    sigma = torch.tensor([0.6, 0.3, 0.6, 0.2])
+    sigma_next = torch.tensor([0.4, 0.0, 0.5, 0.1])  # sample 1: std 0
+    out = cps_step(x, v, sigma, sigma_next, 0.7, generator=torch.Generator().manual_seed(0))
+    assert out.std[1] == 0 and out.log_prob[1] == 0 and bool((out.std[[0, 2, 3]] > 0).all())
+    for j in (0, 2, 3):
+        one = cps_step(
+            x[j : j + 1],
+            v[j : j + 1],
+            float(sigma[j]),
+            float(sigma_next[j]),
+            0.7,
+            x_next=out.x_next[j : j + 1],
+        )
+        torch.testing.assert_close(out.log_prob[j : j + 1], one.log_prob, rtol=0, atol=0)

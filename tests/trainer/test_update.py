@@ -38,6 +38,51 @@ def test_metric_accumulator_with_keys_it_never_saw() -> None:
     assert out == {"ratio/max": -math.inf, "ratio/mean": 0.0, "ratio/min": math.inf}
 
 
+def test_metric_accumulator_reduces_all_metrics_in_one_collective_per_kind() -> None:
+    """Against a second process's values (sums and extremes), in 3 collectives, not 1 per key."""
+    acc = MetricAccumulator()
+    acc.add({"ratio/mean": 1.0, "ratio/max": 1.5, "ratio/min": 0.9, "loss/policy": -2.0}, 3)
+    other = {"sum": [5.0, 2.0, 1.0, 1.0], "max": [1.7], "min": [0.95]}  # [sums..., weights...]
+    calls = []
+
+    def reduce(t: torch.Tensor, op: str) -> torch.Tensor:
+        calls.append(op)
+        assert t.dtype == torch.float64 and t.ndim == 1
+        mine = torch.tensor(other[op], dtype=torch.float64)
+        return (
+            t + mine
+            if op == "sum"
+            else torch.maximum(t, mine)
+            if op == "max"
+            else torch.minimum(t, mine)
+        )
+
+    out = acc.result(reduce)
+    assert sorted(calls) == ["max", "min", "sum"]
+    assert out == {
+        "loss/policy": (3 * -2.0 + 5.0) / (3 + 1),
+        "ratio/max": 1.7,
+        "ratio/mean": (3 * 1.0 + 2.0) / (3 + 1),
+        "ratio/min": 0.9,
+    }
+
+
+def test_one_process_keeps_its_gradients_and_zero_fills_missing_ones() -> None:
+    """With one process the gradients are the sum already: kept as they are (no copy); a
+    parameter without one gets zeros, as the multi-process buffer gives it."""
+    from flowdppo.trainer.update import _sum_gradients
+
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2))
+    a.grad = torch.tensor([1.0, -2.0, 3.0])
+    grad = a.grad
+    assert _sum_gradients([a, b], _no_reduce, 2.0, processes=1) == 2.0
+    assert a.grad is grad and torch.equal(b.grad, torch.zeros(2, 2))
+    c = torch.nn.Parameter(torch.ones(3))
+    c.grad = grad.clone()
+    assert _sum_gradients([c, b], _no_reduce, 1.0, processes=2) == 1.0  # the flat buffer
+    assert torch.equal(c.grad, grad) and c.grad is not grad
+
+
 def test_minibatches_partition_the_valid_pairs(tiny_ckpt) -> None:
     cfg = tiny_config(tiny_ckpt, "optim.updates_per_iter=3")
     valid = torch.tensor([True, False, True, True])  # sample 1 was dropped
