@@ -273,8 +273,8 @@ def flow_dppo_loss(
     with torch.no_grad():  # one conversion to python floats for the six values
         fracs = torch.stack([drop, drop & pos, drop & neg]).float().mean(dim=1)  # [3]
         values = torch.cat([fracs, torch.stack([div.mean(), div.max(), loss])]).tolist()
-    names = ("mask/frac", "mask/frac_pos_adv", "mask/frac_neg_adv")
-    names += (f"{divergence}/old_new_mean", f"{divergence}/old_new_max", "loss/policy")
+    names = ["mask/frac", "mask/frac_pos_adv", "mask/frac_neg_adv"]
+    names += [f"{divergence}/old_new_mean", f"{divergence}/old_new_max", "loss/policy"]
     metrics.update(zip(names, values, strict=True))
     return LossOutput(loss, metrics)
 
