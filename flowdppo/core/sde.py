@@ -168,6 +168,8 @@ def _run_step(
                 )
             x_next = mean + expand_like(std, mean) * noise.float()
     x_next = x_next.float()
+    if not stochastic:  # the ODE: std 0 everywhere, so the log-prob is 0 (nothing to compute)
+        return StepOutput(x_next, torch.zeros_like(std), mean, std)
     return StepOutput(x_next, _step_log_prob(x_next, mean, std, reduction), mean, std)
 
 
