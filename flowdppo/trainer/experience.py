@@ -141,7 +141,7 @@ def _rollout_batch(
         untrained_velocity_fn=reduced if use_reduced_precision(s, policy.device) else None,
     )
     mean_ref = _reference_means(policy, velocity, out, cfg) if reference else None
-    return out, mean_ref
+    return out, mean_ref, policy.decode(out.latents)
 
 
 def _reference_means(policy: Policy, velocity, out, cfg: RunConfig) -> torch.Tensor:
@@ -175,8 +175,7 @@ def collect(
     rewards: list,
     pool: ThreadPoolExecutor,
 ) -> Experience:
-    """Roll out this process's samples in forward batches; each batch's decoding to images and
-    its rewards run in ``pool`` while the next batch is sampled."""
+    """Roll out this process's samples in forward batches; rewards run in ``pool`` meanwhile."""
     bs = cfg.sampling.batch_size
     reference = cfg.reference_pass(iteration)
     sigmas = policy.sigmas(cfg.sampling.num_inference_steps)  # once: a scheduler query each time
@@ -184,7 +183,7 @@ def collect(
     t_roll = 0.0
     for lo in range(0, len(prompts), bs):
         t0 = time.perf_counter()
-        out, mean_ref = _rollout_batch(
+        out, mean_ref, images = _rollout_batch(
             policy,
             cfg,
             prompts[lo : lo + bs],
@@ -195,13 +194,12 @@ def collect(
             sigmas,
         )
         t_roll += time.perf_counter() - t0
-        parts.append((out, mean_ref))
+        parts.append((out, mean_ref, images))
         futures.append(
             pool.submit(
-                _decode_and_score,
-                policy,
-                out.latents,
+                _score,
                 rewards,
+                images,
                 prompts[lo : lo + bs],
                 metadata[lo : lo + bs],
                 cfg.reward_on_error,
@@ -224,7 +222,7 @@ def collect(
         std=_cat(parts, "std"),
         log_prob=_cat(parts, "log_prob"),
         mean_ref=torch.cat([p[1] for p in parts]) if reference else None,
-        images=torch.cat([s[2] for s in scored]),
+        images=torch.cat([p[2] for p in parts]),
         sigma=out0.sigma,
         sigma_next=out0.sigma_next,
         step_index=out0.step_index,
@@ -232,7 +230,6 @@ def collect(
     )
     exp.timings = {
         "time/rollout_s": t_roll,
-        "time/decode_s": sum(s[3] for s in scored),
         "time/reward_s": sum(s[1] for s in scored),
         "time/reward_wait_s": wait,
     }
@@ -242,24 +239,6 @@ def collect(
 def _cat(parts: list, attr: str) -> torch.Tensor:
     """Concatenate one stored RolloutOutput field over the forward batches (batch dim 0)."""
     return torch.cat([getattr(p[0], attr) for p in parts])
-
-
-def _decode_and_score(
-    policy: Policy,
-    latents: torch.Tensor,
-    rewards: list,
-    prompts: list[str],
-    metadata: list[dict[str, Any]],
-    on_error: str,
-) -> tuple[RewardBatch, float, torch.Tensor, float]:
-    """(rewards, scoring s, images [b, 3, H, W], decoding s) of one forward batch's final
-    latents. Runs in the reward worker: the decode is real work for the rewards, and there it
-    overlaps the sampling of the next forward batch (another core on a CPU; the same images)."""
-    t0 = time.perf_counter()
-    images = policy.decode(latents)
-    t_decode = time.perf_counter() - t0
-    batch, t_score = _score(rewards, images, prompts, metadata, on_error)
-    return batch, t_score, images, t_decode
 
 
 def _score(

@@ -63,12 +63,7 @@ def test_experience_holds_the_trained_steps_tuple(tiny_ckpt) -> None:
     assert exp.step_index.tolist() == [0, 2]
     assert exp.group_ids.tolist() == [2, 2, 3, 3]  # G = 2: sample j belongs to prompt j // 2
     assert exp.images.shape == (4, 3, 32, 32) and exp.images.min() >= 0 and exp.images.max() <= 1
-    assert set(exp.timings) == {
-        "time/rollout_s",
-        "time/decode_s",
-        "time/reward_s",
-        "time/reward_wait_s",
-    }
+    assert set(exp.timings) == {"time/rollout_s", "time/reward_s", "time/reward_wait_s"}
     # LoRA B = 0: the policy is the reference, bit for bit, so KL(π_old ‖ π_ref) = 0 exactly.
     assert torch.equal(exp.mean, exp.mean_ref)
     assert torch.equal(kl_to_reference(exp, "mean"), torch.zeros(4, 2))
