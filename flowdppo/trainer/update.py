@@ -202,13 +202,14 @@ def _sum_gradients(
     params: list[torch.nn.Parameter],
     reduce: Callable[[torch.Tensor, str], torch.Tensor],
     faults: float = 0.0,
-    processes: int = 2,
+    processes: int | None = None,
 ) -> float:
     """Sum gradients over processes (each holds its share of the global mean) in one collective:
     flattened into one buffer, not one all-reduce per parameter (hundreds for a big LoRA).
     ``faults`` (this process's count of non-finite inputs) rides in the same buffer; returns
     the sum over processes, so that every process decides alike whether to skip the step.
-    With ``processes`` 1 the gradients already are the sum: nothing is copied."""
+    With ``processes`` 1 the gradients already are the sum: nothing is copied (None: the
+    number is unknown, the collective runs)."""
     if processes == 1:
         for p in params:
             if p.grad is None:  # as the flat buffer would: a zero gradient, stepped like the others
@@ -248,13 +249,13 @@ def update_policy(
     after_step: Callable[[], None] = lambda: None,
     delta: float | None = None,
     diagnostics: list[dict[str, float]] | None = None,
-    processes: int = 2,
+    processes: int | None = None,
 ) -> dict[str, float]:
     """Run the N updates; returns metrics averaged over all terms of all processes.
     ``delta`` replaces ``loss.delta`` for this iteration (the adaptive δ); ``diagnostics``, if
     given, receives up to ``train.diagnostic_terms`` of this process's terms (spread over the
     updates: the first terms of each update's first micro-batch). ``processes``: how many
-    processes ``reduce`` sums over (1: the gradients need no summing)."""
+    processes ``reduce`` sums over (1: the gradients need no summing; None: unknown)."""
     params = list(policy.trainable_parameters())
     lr = learning_rate(cfg, iteration)
     for group in optimizer.param_groups:
