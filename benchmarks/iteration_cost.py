@@ -13,9 +13,9 @@ batch shapes and thread count, interleaved so that machine load affects both ali
 and prints ``real/floor`` and the breakdown as medians over ``--iters`` iterations after
 ``--warmup`` (with the rollout's image decode, real work for the rewards outside the floor, on a
 row of its own; the per-iteration spread; and the ratio in process CPU time, which a machine
-shared with other jobs disturbs less than wall time); the network's forward calls per rollout step and per trained step (a forward hook:
-must be 1 and 1 with β = 0); Flow-DPPO's update time over ratio clipping's on identical batches
-(the exact divergence's price); and peak RSS.
+shared with other jobs disturbs less than wall time); the network's forward calls per rollout
+step and per trained step (a forward hook: must be 1 and 1 with β = 0); Flow-DPPO's update
+time over ratio clipping's on identical batches (the exact divergence's price); and peak RSS.
 
     .venv/bin/python benchmarks/iteration_cost.py [--threads 2] [--iters 8] [--warmup 2]
         [--set KEY=VALUE ...]           # the default Shapes run, or any config override
