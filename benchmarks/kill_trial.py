@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "config.yaml; before it, imports and model building, nothing is written)",
     )
     ap.add_argument("--json", type=Path, default=None, help="write the trials and summary here")
+    ap.add_argument("--keep", action="store_true", help="keep the runs' folders (printed)")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(TESTS))
     from trainer.tiny import build_tiny_checkpoint, tiny_overrides
@@ -263,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=1))
     if a.json is not None:
         a.json.write_text(json.dumps({"summary": summary, "trials": trials}, indent=1))
+    if a.keep:
+        print(f"runs kept in {tmp}")
+    else:
+        shutil.rmtree(tmp)
     ok = summary["corrupt"] == 0 and summary["identical"] == summary["trials"]
     return 0 if ok else 1
 
