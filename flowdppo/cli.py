@@ -143,9 +143,9 @@ def _export(a: argparse.Namespace) -> int:
         print(export_run_lora(a.run, a.out, use_ema=a.ema))
         return 0
     policy, cfg, _ = load_run_policy(a.run, use_ema=a.ema, require_checkpoint=True)
-    from flowdppo.models.export import export_full, export_lora
+    from flowdppo.models.export import export_full
 
-    print((export_full if cfg.model.full_finetune else export_lora)(policy, a.out))
+    print(export_full(policy, a.out))  # full fine-tuning: the transformer folder
     return 0
 
 
@@ -162,18 +162,9 @@ def _demo(a: argparse.Namespace) -> int:
     except StopRequested as stop:  # as `train`: a clean stop, not a traceback
         print(f"stopped; run `flowdppo demo --out {out}` again to resume", file=sys.stderr)
         return 128 + stop.signum
-    from flowdppo.trainer.logging import read_metrics
+    from flowdppo.runs import accuracy_lines
 
-    for row in read_metrics(out, "eval"):  # held-out strict accuracy at each evaluation
-        acc = {
-            k.removeprefix("eval/strict_"): v
-            for k, v in row.items()
-            if k.startswith("eval/strict_")
-        }
-        print(
-            f"iteration {row['iter']:3d}: "
-            + ", ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items())
-        )
+    print("\n".join(accuracy_lines(out)))
     print(
         f"demo done: {out}/metrics.jsonl, samples: {out}/samples/, curves: {plot_runs([out], out / 'curves.png')}"
     )

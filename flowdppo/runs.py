@@ -199,3 +199,21 @@ def eval_dir_name(it: int, split: str, n: int, steps: int, guidance: float, run:
     name += f"_n{n}" if n != ev.per_category else ""
     name += f"_steps{steps}" if steps != ev.num_inference_steps else ""
     return name + (f"_cfg{guidance:g}" if guidance != run.eval_guidance_scale else "")
+
+
+def accuracy_lines(run_dir: str | Path) -> list[str]:
+    """One line per evaluation of a run: its held-out strict accuracy per category (Shapes)."""
+    from flowdppo.trainer.logging import read_metrics
+
+    lines = []
+    for row in read_metrics(Path(run_dir), "eval"):
+        acc = {
+            k.removeprefix("eval/strict_"): v
+            for k, v in row.items()
+            if k.startswith("eval/strict_")
+        }
+        lines.append(
+            f"iteration {row['iter']:3d}: "
+            + ", ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items())
+        )
+    return lines

@@ -302,3 +302,22 @@ def test_train_with_compile_says_the_first_iteration_compiles(
     assert cli_module.main(["train", "--out", str(out), *_sets(ckpt, "model.compile=true")]) == 0
     assert "model.compile: the first iteration and the first evaluation" in capsys.readouterr().err
     assert "compile: true" in (out / "config.yaml").read_text()
+
+
+def test_demo_prints_each_evaluations_accuracy_and_a_second_call_resumes(ckpt, tmp_path) -> None:
+    out = tmp_path / "demo"
+    sets = _sets(ckpt, "eval.every=2", "train.max_iters=2")
+    proc = cli("demo", "--out", str(out), "--no-progress", *sets)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("iteration")]
+    assert [x.split(":")[0] for x in lines] == ["iteration   0", "iteration   2"]
+    rows = read_lines(out, "eval")
+    first = ", ".join(
+        f"{k.removeprefix('eval/strict_')} {100 * v:.0f}%"
+        for k, v in rows[0].items()
+        if k.startswith("eval/strict_")
+    )
+    assert lines[0] == f"iteration   0: {first}" and "single_object" in first
+    assert f"demo done: {out}/metrics.jsonl" in proc.stdout and (out / "curves.png").exists()
+    again = cli("demo", "--out", str(out), "--no-progress", *sets)  # finished: resumes, no retrain
+    assert [x for x in again.stdout.splitlines() if x.startswith("iteration")] == lines
+    assert [r["iter"] for r in read_lines(out)] == [1, 2]
