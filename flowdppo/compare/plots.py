@@ -125,4 +125,41 @@ def write_plots(spec: Spec, cells: dict[str, list[RunData]], out: Path) -> list[
         paths.append(out / "tradeoff.png")
         fig.savefig(paths[-1], dpi=130)
         plt.close(fig)
+
+    # 4. Levels: each measure against the x of the levels (e.g. held-out accuracy, FD and
+    # diversity against the trained categories' accuracy), cell means over seeds, with the gains.
+    if rep.levels:
+        lx, ly = rep.levels["x"], rep.levels["y"]
+        ys = ly if isinstance(ly, list) else [ly]
+        fig, axes = plt.subplots(1, len(ys), figsize=(5.5 * len(ys), 4.5), squeeze=False)
+        for ax, yk in zip(axes[0], ys, strict=True):
+            x0 = None
+            for cell, ds in cells.items():
+                m = ds[0].run.method
+                _, mx = _mean_series(ds, lx)
+                _, my = _mean_series(ds, yk)
+                if mx.size and mx.size == my.size:
+                    x0 = mx[0]
+                    ax.plot(mx, my, color=col[m], linestyle=sty[cell], marker="o", ms=3, label=cell)
+            for g in rep.levels.get("gains", []):
+                if x0 is not None:
+                    ax.axvline(x0 + g, color="grey", lw=0.6, alpha=0.6)
+            ax.set_xlabel(_short(lx) + " (trained)")
+            ax.set_ylabel(_short(yk))
+            ax.set_title("over training, mean over seeds (grey: base + gains)", fontsize=9)
+        axes[0][0].legend(fontsize=6)
+        fig.tight_layout()
+        paths.append(out / "levels.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
     return paths
+
+
+def _short(key: str | list[str]) -> str:
+    """A label: a key, or ``mean(a, b)`` of a list of keys without their common prefix."""
+    if isinstance(key, str):
+        return key
+    import textwrap
+
+    names = [k.split("/")[-1].removeprefix("strict_") for k in key]
+    return "\n".join(textwrap.wrap("mean strict accuracy: " + ", ".join(names), 40))

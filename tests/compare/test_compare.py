@@ -318,6 +318,27 @@ def test_a_report_with_ratio_rules_tabulates_the_sampled_terms(grid, tmp_path):
         load_spec(copy / "spec.yaml")
 
 
+def test_a_report_with_levels_reads_measures_at_a_like_gain_and_draws_them(grid, tmp_path):
+    """``levels``: y read where x first reaches base + gain, a verdict row per such measure, and
+    levels.png; a gain no run reaches is missing (–), never 0."""
+    _spec, out = grid
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    spec = yaml.safe_load((copy / "spec.yaml").read_text())
+    x = "eval/jpeg_incompressibility"
+    spec["report"]["levels"] = {"x": x, "gains": [0.0, 1.0e9], "y": ["eval/kl_base"]}
+    (copy / "spec.yaml").write_text(yaml.safe_dump(spec))
+    cli("compare", "--report-only", str(copy))
+    summary = json.loads((copy / "summary.json").read_text())
+    at0, never = (f"eval/kl_base@{x}>=base+{g:g}" for g in (0.0, 1.0e9))
+    for name in ("dppo__s0", "clip__s0"):
+        run = summary["runs"][name]
+        assert run[at0] == 0.0  # x is at base + 0 at iteration 0, where the KL to the base is 0
+        assert run[never] is None  # NaN in the report, null in JSON
+    assert {v["measure"] for v in summary["verdicts"]} >= {at0}
+    assert (copy / "levels.png").stat().st_size > 1000 and "levels.png" in summary["plots"]
+
+
 def test_a_run_still_going_is_left_out_of_the_cells(tmp_path, ckpt):
     from flowdppo.compare.report import collect
 
