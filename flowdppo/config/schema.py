@@ -97,6 +97,12 @@ class ModelConfig:
     num_frames: int | None = _f(
         None, "frames per video (wan: 4k + 1; None = 81, WanPipeline's default)"
     )
+    guidance_scale_2: float | None = _f(
+        None,
+        "wan with two experts (Wan2.2-T2V-A14B): CFG scale of the low-noise expert "
+        "(transformer_2, timesteps below boundary_ratio · 1000), WanPipeline's guidance_scale_2; "
+        "None = sampling.guidance_scale / eval.guidance_scale, the pipeline's default",
+    )
     height: int | None = _f(
         None,
         "image or video height in pixels, set with width (diffusers models; None = "
@@ -179,6 +185,13 @@ class ModelConfig:
             )
         elif self.num_frames is not None:
             _check(self.num_frames >= 1, "model.num_frames", self.num_frames, "an int >= 1")
+        scale = self.guidance_scale_2
+        _check(
+            scale is None or (self.family == "wan" and math.isfinite(scale) and scale >= 0),
+            "model.guidance_scale_2",
+            scale,
+            "null, or a finite number >= 0 for model.family wan (two-expert Wan2.2 A14B)",
+        )
         for key in ("height", "width"):
             value = getattr(self, key)
             _check(

@@ -90,8 +90,10 @@ def _diffusers(family: str) -> Callable[[ModelConfig, torch.device, float | None
 
 
 def _video_options(cfg: ModelConfig) -> dict[str, Any]:
-    """The wan family's options: frames, and (height, width) over ``resolution``."""
+    """The wan family's options: frames, the low-noise expert's guidance, and (height, width) over ``resolution``."""
     out: dict[str, Any] = {"num_frames": cfg.num_frames}
+    if cfg.guidance_scale_2 is not None:
+        out["guidance_scale_2"] = cfg.guidance_scale_2
     if cfg.height is not None and cfg.width is not None:
         out["resolution"] = (cfg.height, cfg.width)
     return out

@@ -546,9 +546,17 @@ def _umt5_encoder(folder: Path, seed: int):
     return T5TokenizerFast.from_pretrained(folder), UMT5EncoderModel(config).eval()
 
 
-def make_tiny_wan(tmp_path: Path, seed: int = 0, *, expand_timesteps: bool = False):
+def make_tiny_wan(
+    tmp_path: Path,
+    seed: int = 0,
+    *,
+    expand_timesteps: bool = False,
+    boundary_ratio: float | None = None,
+):
     """A tiny random in-memory ``WanPipeline`` (Wan2.1 layout; ``expand_timesteps`` as Wan2.2
-    TI2V: one timestep per latent token). VAE factors 4 (time) × 8 (space), as Wan's."""
+    TI2V: one timestep per latent token; ``boundary_ratio`` as Wan2.2 T2V-A14B: a second random
+    transformer, ``transformer_2``, for timesteps below ``boundary_ratio · 1000``). VAE factors
+    4 (time) × 8 (space), as Wan's."""
     from diffusers import (
         AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
@@ -557,19 +565,23 @@ def make_tiny_wan(tmp_path: Path, seed: int = 0, *, expand_timesteps: bool = Fal
     )
 
     tok, enc = _umt5_encoder(Path(tmp_path) / "wan_parts" / "tok", seed=seed + 1)
-    torch.manual_seed(seed)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=4,
-        out_channels=4,
-        text_dim=_T5_WIDTH,
-        freq_dim=16,
-        ffn_dim=32,
-        num_layers=2,
-        rope_max_seq_len=32,
-    )
+    def wan_transformer(torch_seed: int) -> WanTransformer3DModel:
+        torch.manual_seed(torch_seed)
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=4,
+            out_channels=4,
+            text_dim=_T5_WIDTH,
+            freq_dim=16,
+            ffn_dim=32,
+            num_layers=2,
+            rope_max_seq_len=32,
+        )
+
+    transformer = wan_transformer(seed)
+    transformer_2 = None if boundary_ratio is None else wan_transformer(seed + 7)
     torch.manual_seed(seed + 4)
     vae = AutoencoderKLWan(
         base_dim=4,
@@ -586,6 +598,8 @@ def make_tiny_wan(tmp_path: Path, seed: int = 0, *, expand_timesteps: bool = Fal
         vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         transformer=transformer,
+        transformer_2=transformer_2,
+        boundary_ratio=boundary_ratio,
         expand_timesteps=expand_timesteps,
     )
 
