@@ -118,6 +118,11 @@ def _pairs(state: dict[str, torch.Tensor], file: Path) -> dict[str, dict[str, to
 def init_lora(policy: Any, path: str | Path) -> int:
     """Load the LoRA at ``path`` into ``policy.transformer``'s adapter (module docstring);
     returns the number of modules loaded."""
+    if getattr(policy, "transformer_2", None) is not None:
+        raise ValueError(
+            "model.init_lora: not supported for a two-expert Wan2.2 A14B policy (one LoRA file "
+            "would initialise only the high-noise expert); set model.init_lora: null"
+        )
     transformer = policy.transformer
     if not has_lora(transformer):
         raise ValueError("model.init_lora: this policy has no LoRA (model.full_finetune is on)")
