@@ -28,6 +28,7 @@ import torch
 from flowdppo.models.lora import ADAPTER_NAME, has_lora, lora_config, lora_state_dict
 
 EXPORT_INFO = "flowdppo_export.json"
+LOW_NOISE = "transformer_2."  # the low-noise expert's keys (two-expert Wan): its own file
 
 
 # The diffusers pipeline class of each family, whose save_lora_weights writes the export.
@@ -93,16 +94,24 @@ def export_lora_weights(
             "export: this diffusers cannot store LoRA metadata (rank/alpha); upgrade diffusers "
             "(>= 0.35) or the exported LoRA would load with the wrong scale"
         )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in metadata.items()}
-    pipeline_cls.save_lora_weights(
-        out,
-        transformer_lora_layers=to_diffusers_keys(lora_sd),
-        transformer_lora_adapter_metadata=meta,
-        safe_serialization=True,
-    )
+    high = {k: v for k, v in lora_sd.items() if not k.startswith(LOW_NOISE)}
+    low = {k[len(LOW_NOISE) :]: v for k, v in lora_sd.items() if k.startswith(LOW_NOISE)}
+    if low and family != "wan":
+        raise ValueError(f"export: {family} has no transformer_2; got keys {LOW_NOISE}*")
+    out = Path(out_dir)
+    for folder, part in ((out, high), (out / LOW_NOISE.rstrip("."), low)):
+        if part:
+            folder.mkdir(parents=True, exist_ok=True)
+            pipeline_cls.save_lora_weights(
+                folder,
+                transformer_lora_layers=to_diffusers_keys(part),
+                transformer_lora_adapter_metadata=meta,
+                safe_serialization=True,
+            )
     info = {"family": family, "kind": "lora", "rank": meta["r"], "alpha": meta["lora_alpha"]}
+    if low:  # load with pipe.load_lora_weights(out / "transformer_2", load_into_transformer_2=True)
+        info["transformer_2"] = LOW_NOISE.rstrip(".")
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return out
 
@@ -112,9 +121,11 @@ def export_lora(policy: Any, out_dir: str | Path) -> Path:
     if not has_lora(policy.transformer):
         raise ValueError("export_lora: this policy has no LoRA (full fine-tune? use export_full)")
     metadata = lora_config(policy.transformer).to_dict()
-    return export_lora_weights(
-        lora_state_dict(policy.transformer), out_dir, family=_family(policy), metadata=metadata
-    )
+    lora_sd = lora_state_dict(policy.transformer)
+    low_noise = getattr(policy, "transformer_2", None)  # Wan2.2 A14B's second expert
+    if low_noise is not None:
+        lora_sd.update({LOW_NOISE + k: v for k, v in lora_state_dict(low_noise).items()})
+    return export_lora_weights(lora_sd, out_dir, family=_family(policy), metadata=metadata)
 
 
 def export_full(policy: Any, out_dir: str | Path) -> Path:

@@ -52,6 +52,7 @@ import torch
 from flowdppo.models._diffusers_common import move, prepare_transformer, scheduler_sigmas
 from flowdppo.models._diffusers_policy import DiffusersPolicy, positive
 from flowdppo.models.base import Cond, load_trainable_state_dict, trainable_state_dict
+from flowdppo.models.export import LOW_NOISE  # the low-noise expert's key prefix
 from flowdppo.models.lora import disabled_lora
 
 # WanPipeline.__call__'s defaults: 480×832 pixels, 81 frames (5 s at 16 fps).
@@ -297,8 +298,6 @@ class WanPolicy(DiffusersPolicy):
         for net in self.experts():
             net.compile()
 
-
-LOW_NOISE = "transformer_2."  # prefix of the low-noise expert's keys in ``trainable_state_dict``
 
 
 @contextmanager

@@ -158,3 +158,30 @@ def test_two_expert_errors(tiny_wan22_path, tiny_wan_path) -> None:
     one = _policy(tiny_wan_path)
     with pytest.raises(ValueError, match="weights of transformer_2"):
         one.load_trainable_state_dict(_policy(tiny_wan22_path).trainable_state_dict())
+
+
+def test_exported_loras_load_into_both_experts(tiny_wan22_path, tmp_path) -> None:
+    """``export_lora`` writes the high-noise expert's LoRA and ``transformer_2/`` the low-noise
+    one's; loaded with ``load_lora_weights`` (the second with ``load_into_transformer_2``), the
+    pipeline draws the trained policy's frames."""
+    import json
+
+    from diffusers import WanPipeline
+
+    from flowdppo.models.export import export_lora
+
+    policy = _policy(tiny_wan22_path, guidance_scale_2=3.0)
+    perturb_lora(policy)
+    out = export_lora(policy, tmp_path / "lora")
+    assert json.loads((out / "flowdppo_export.json").read_text())["transformer_2"] == "transformer_2"
+    latents = policy.initial_noise(2, torch.Generator().manual_seed(4))
+    ours = ode_images(policy, latents, 2.0)
+    pipe = WanPipeline.from_pretrained(tiny_wan22_path)
+    base = _pipeline_frames(pipe, latents, 2.0, 3.0)
+    pipe.load_lora_weights(out)
+    high_only = _pipeline_frames(pipe, latents, 2.0, 3.0)
+    pipe.load_lora_weights(out / "transformer_2", load_into_transformer_2=True)
+    theirs = _pipeline_frames(pipe, latents, 2.0, 3.0)
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=2e-5)
+    # Each file changes the frames: the two experts' LoRAs are both in the export.
+    assert (high_only - base).abs().max() > 1e-3 and (theirs - high_only).abs().max() > 1e-3
