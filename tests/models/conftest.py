@@ -96,6 +96,15 @@ def tiny_wan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_wan(tmp_path_factory.mktemp("wan"))
 
 
+WAN22_BOUNDARY_RATIO = 0.7  # (Wan2.2-T2V-A14B: 0.875) splits the tiny 4-step schedule 2 / 2
+
+
+@pytest.fixture(scope="session")
+def tiny_wan22_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny two-expert WanPipeline (Wan2.2-T2V-A14B layout: transformer_2, boundary_ratio)."""
+    return build_tiny_wan(tmp_path_factory.mktemp("wan22"), boundary_ratio=WAN22_BOUNDARY_RATIO)
+
+
 @pytest.fixture(params=["sd3", "flux"])
 def family(request: pytest.FixtureRequest) -> Family:
     from diffusers import FluxPipeline, StableDiffusion3Pipeline

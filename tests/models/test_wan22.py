@@ -10,18 +10,6 @@ import torch
 from conftest import NUM_STEPS, PROMPTS, ode_images, perturb_lora
 from tiny_pipelines import MAX_SEQUENCE_LENGTH, WAN_HEIGHT, WAN_NUM_FRAMES, WAN_WIDTH
 
-BOUNDARY_RATIO = 0.7  # (Wan2.2-T2V-A14B: 0.875) splits the tiny 4-step schedule 2 / 2
-
-
-@pytest.fixture(scope="module")
-def tiny_wan22_path(tmp_path_factory: pytest.TempPathFactory):
-    from tiny_pipelines import make_tiny_wan
-
-    tmp = tmp_path_factory.mktemp("wan22")
-    make_tiny_wan(tmp / "parts", boundary_ratio=BOUNDARY_RATIO).save_pretrained(tmp / "pipe")
-    return tmp / "pipe"
-
-
 def _policy(source, **kwargs):
     from flowdppo.models.wan import WanPolicy
 

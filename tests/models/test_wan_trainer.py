@@ -88,20 +88,16 @@ def test_wan_trains_on_policy_and_writes_gif_samples(tiny_wan_path, tmp_path) ->
         assert im.info["duration"] == 60  # 16 fps in GIF's hundredths of a second
 
 
-def test_two_expert_wan_trains_both_loras_on_policy(tmp_path) -> None:
+def test_two_expert_wan_trains_both_loras_on_policy(tiny_wan22_path, tmp_path) -> None:
     """Wan2.2 A14B layout (``transformer_2`` below ``boundary_ratio``), ``model.guidance_scale_2``:
     the on-policy check holds and only LoRA weights of the two experts change, both of them."""
-    from tiny_pipelines import make_tiny_wan
-
     from flowdppo.trainer.trainer import Trainer
 
-    folder = tmp_path / "wan22"
-    make_tiny_wan(tmp_path / "parts", boundary_ratio=0.7).save_pretrained(folder)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na big blue cat\n")
     # Steps 0-2 trained: sigmas 1, 0.858 (high-noise expert) and 0.602 (low-noise, below 0.7).
     extra = ("model.guidance_scale_2=3.0", "sampling.train_pool=[0.0,0.75]", "sampling.train_steps=3")
-    cfg = _config(folder, prompts, *extra)
+    cfg = _config(tiny_wan22_path, prompts, *extra)
     trainer = Trainer(cfg, tmp_path / "run")
     policy = trainer.policy
     assert policy.transformer_2 is not None and policy.guidance_scale_2 == 3.0

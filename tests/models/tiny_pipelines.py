@@ -604,8 +604,9 @@ def make_tiny_wan(
     )
 
 
-def build_tiny_wan(tmp_path: Path, seed: int = 0) -> Path:
-    """Build and save a tiny random ``WanPipeline``; returns its folder."""
+def build_tiny_wan(tmp_path: Path, seed: int = 0, *, boundary_ratio: float | None = None) -> Path:
+    """Build and save a tiny random ``WanPipeline`` (``boundary_ratio``: with ``transformer_2``,
+    Wan2.2 A14B's layout); returns its folder."""
     out = Path(tmp_path) / "tiny_wan"
-    make_tiny_wan(tmp_path, seed).save_pretrained(out)
+    make_tiny_wan(tmp_path, seed, boundary_ratio=boundary_ratio).save_pretrained(out)
     return out
