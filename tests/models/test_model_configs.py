@@ -46,6 +46,22 @@ def test_wan_recipe_loads_with_valid_video_options() -> None:
     assert cfg.sampling.guidance_scale == 5.0 and cfg.loss.delta == 1e-5
 
 
+def test_wan22_a14b_recipe_sets_both_experts_guidance() -> None:
+    load = pytest.importorskip("flowdppo.config.load")
+    from flowdppo.trainer.build import _video_options
+
+    cfg = load.load_config(ROOT / "configs" / "wan22_t2v_a14b_flowdppo.yaml")
+    m = cfg.model
+    assert (m.family, m.pretrained) == ("wan", "Wan-AI/Wan2.2-T2V-A14B-Diffusers")
+    assert not m.full_finetune and m.init_lora is None  # two experts: LoRA only
+    assert _video_options(m) == {
+        "num_frames": 33,
+        "resolution": (480, 832),
+        "guidance_scale_2": 3.0,
+    }
+    assert cfg.sampling.guidance_scale == cfg.eval.guidance_scale == 4.0
+
+
 def test_video_options_are_validated() -> None:
     load = pytest.importorskip("flowdppo.config.load")
     wan = ["model.family=wan", "model.pretrained=x/y"]
@@ -59,6 +75,10 @@ def test_video_options_are_validated() -> None:
         load.load_config(None, [*wan, "model.num_frames=0"])
     with pytest.raises(ValueError, match=r"model\.family"):
         load.load_config(None, ["model.family=wan2"])
+    for bad in (["model.family=sd3", "model.pretrained=x/y"], wan):
+        scale = "-1" if bad is wan else "3"
+        with pytest.raises(ValueError, match=r"model\.guidance_scale_2: expected null, or a finite"):
+            load.load_config(None, [*bad, f"model.guidance_scale_2={scale}"])
 
 
 @pytest.mark.parametrize("name", ["ddp.yaml", "fsdp.yaml", "deepspeed_zero2.yaml"])
