@@ -36,16 +36,17 @@ Where this differs from ``WanPipeline.__call__`` (none of it changes the frames 
   UniPC's second-order multistep updates, and feeds the transformer ``sigma · 1000`` where UniPC
   rounds the timestep down to an integer; the videos then differ from the pipeline's at equal
   step counts (every flow-matching RL method samples this way: a step needs a Gaussian density);
+- two experts: the expert is chosen on ``sigma · 1000`` too, where UniPC compares its rounded
+  integer timestep with the boundary (the two can fall on either side when within 1 of it);
 - the height, width and frame count are checked (the pipeline rounds them down with a warning);
 - the VAE decodes in float32, one video at a time, whatever the model dtype.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from typing import Any, ClassVar
 
 import torch
 
@@ -229,7 +230,9 @@ class WanPolicy(DiffusersPolicy):
         cfg = guidance_scale > 1.0
         boundary = self.boundary_timestep()
         if boundary is None or self.transformer_2 is None:
-            return self._guided(self.transformer, latents, timestep, cond, guidance_scale if cfg else None)
+            return self._guided(
+                self.transformer, latents, timestep, cond, guidance_scale if cfg else None
+            )
         low_scale = guidance_scale if self.guidance_scale_2 is None else self.guidance_scale_2
         high = timestep >= boundary  # [B]: rows of the high-noise expert
         stages = ((high, self.transformer, guidance_scale), (~high, self.transformer_2, low_scale))
@@ -239,7 +242,9 @@ class WanPolicy(DiffusersPolicy):
                 return self._guided(net, latents, timestep, cond, scale if cfg else None)
             if rows.any():
                 part = {k: c[rows] for k, c in cond.items()}
-                v[rows] = self._guided(net, latents[rows], timestep[rows], part, scale if cfg else None)
+                v[rows] = self._guided(
+                    net, latents[rows], timestep[rows], part, scale if cfg else None
+                )
         return v
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -295,9 +300,9 @@ class WanPolicy(DiffusersPolicy):
         return _all_disabled(self.experts())
 
     def compile(self) -> None:
-        for net in self.experts():
-            net.compile()
-
+        super().compile()  # the high-noise expert (and a full fine-tune's frozen copy)
+        if self.transformer_2 is not None:
+            self.transformer_2.compile()
 
 
 @contextmanager

@@ -77,7 +77,9 @@ def test_video_options_are_validated() -> None:
         load.load_config(None, ["model.family=wan2"])
     for bad in (["model.family=sd3", "model.pretrained=x/y"], wan):
         scale = "-1" if bad is wan else "3"
-        with pytest.raises(ValueError, match=r"model\.guidance_scale_2: expected null, or a finite"):
+        with pytest.raises(
+            ValueError, match=r"model\.guidance_scale_2: expected null, or a finite"
+        ):
             load.load_config(None, [*bad, f"model.guidance_scale_2={scale}"])
 
 

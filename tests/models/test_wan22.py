@@ -10,6 +10,7 @@ import torch
 from conftest import NUM_STEPS, PROMPTS, ode_images, perturb_lora
 from tiny_pipelines import MAX_SEQUENCE_LENGTH, WAN_HEIGHT, WAN_NUM_FRAMES, WAN_WIDTH
 
+
 def _policy(source, **kwargs):
     from flowdppo.models.wan import WanPolicy
 
@@ -85,7 +86,9 @@ def test_expert_switch_at_the_pipelines_step(tiny_wan22_path) -> None:
     # The scheduler's sigmas for 4 steps: 1, 0.858, 0.602, 0.009 -> timesteps >= 700 at the
     # first two steps.
     sigmas = policy.sigmas(NUM_STEPS)[:-1]
-    torch.testing.assert_close(sigmas, torch.tensor([1.0, 0.8577, 0.6022, 0.0089]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        sigmas, torch.tensor([1.0, 0.8577, 0.6022, 0.0089]), atol=1e-4, rtol=0
+    )
     expected = ["high" if 1000 * s >= 700 else "low" for s in sigmas.tolist()]
     assert expected == ["high", "high", "low", "low"]
     assert ours == theirs == expected
@@ -132,17 +135,21 @@ def test_both_loras_train_save_and_disable_for_the_reference(tiny_wan22_path) ->
     torch.testing.assert_close(fresh.velocity(x, sigma, cond, 2.0), trained, rtol=0, atol=0)
 
 
-def test_two_expert_errors(tiny_wan22_path, tiny_wan_path) -> None:
+def test_two_expert_errors(tiny_wan22_path, tiny_wan_path, tmp_path) -> None:
     from diffusers import WanPipeline
 
     with pytest.raises(ValueError, match="full fine-tuning of a two-expert"):
         _policy(tiny_wan22_path, full_finetune=True)
-    with pytest.raises(ValueError, match="guidance_scale_2 4.0 needs a two-expert"):
+    with pytest.raises(ValueError, match=r"guidance_scale_2 4\.0 needs a two-expert"):
         _policy(tiny_wan_path, guidance_scale_2=4.0)
     pipe = WanPipeline.from_pretrained(tiny_wan22_path)
     pipe.register_to_config(boundary_ratio=None)
     with pytest.raises(ValueError, match="boundary_ratio is None"):
         _policy(pipe)
+    from flowdppo.models.init_lora import init_lora
+
+    with pytest.raises(ValueError, match="init_lora: not supported for a two-expert"):
+        init_lora(_policy(tiny_wan22_path), tmp_path)
     one = _policy(tiny_wan_path)
     with pytest.raises(ValueError, match="weights of transformer_2"):
         one.load_trainable_state_dict(_policy(tiny_wan22_path).trainable_state_dict())
@@ -161,7 +168,9 @@ def test_exported_loras_load_into_both_experts(tiny_wan22_path, tmp_path) -> Non
     policy = _policy(tiny_wan22_path, guidance_scale_2=3.0)
     perturb_lora(policy)
     out = export_lora(policy, tmp_path / "lora")
-    assert json.loads((out / "flowdppo_export.json").read_text())["transformer_2"] == "transformer_2"
+    assert (
+        json.loads((out / "flowdppo_export.json").read_text())["transformer_2"] == "transformer_2"
+    )
     latents = policy.initial_noise(2, torch.Generator().manual_seed(4))
     ours = ode_images(policy, latents, 2.0)
     pipe = WanPipeline.from_pretrained(tiny_wan22_path)
@@ -173,3 +182,25 @@ def test_exported_loras_load_into_both_experts(tiny_wan22_path, tmp_path) -> Non
     torch.testing.assert_close(theirs, ours, rtol=0, atol=2e-5)
     # Each file changes the frames: the two experts' LoRAs are both in the export.
     assert (high_only - base).abs().max() > 1e-3 and (theirs - high_only).abs().max() > 1e-3
+
+
+def test_checkpoint_export_writes_the_same_two_files(tiny_wan22_path, tmp_path) -> None:
+    """``flowdppo export --run`` writes from a checkpoint's tensors (``trainable_state_dict``
+    keys, ``transformer_2.`` for the low-noise expert): the same two files as ``export_lora``."""
+    from safetensors.torch import load_file
+
+    from flowdppo.models.export import export_lora, export_lora_weights, lora_metadata
+
+    policy = _policy(tiny_wan22_path)
+    perturb_lora(policy)
+    live = export_lora(policy, tmp_path / "live")
+    state = policy.trainable_state_dict()
+    meta = lora_metadata(state, 4, 8, None)
+    saved = export_lora_weights(state, tmp_path / "saved", family="wan", metadata=meta)
+    for sub in ("", "transformer_2"):
+        ours = load_file(saved / sub / "pytorch_lora_weights.safetensors")
+        theirs = load_file(live / sub / "pytorch_lora_weights.safetensors")
+        assert ours.keys() == theirs.keys() and all(k.startswith("transformer.") for k in ours)
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    with pytest.raises(ValueError, match="sd3 has no transformer_2"):
+        export_lora_weights(state, tmp_path / "sd3", family="sd3", metadata=meta)

@@ -96,7 +96,11 @@ def test_two_expert_wan_trains_both_loras_on_policy(tiny_wan22_path, tmp_path) -
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na big blue cat\n")
     # Steps 0-2 trained: sigmas 1, 0.858 (high-noise expert) and 0.602 (low-noise, below 0.7).
-    extra = ("model.guidance_scale_2=3.0", "sampling.train_pool=[0.0,0.75]", "sampling.train_steps=3")
+    extra = (
+        "model.guidance_scale_2=3.0",
+        "sampling.train_pool=[0.0,0.75]",
+        "sampling.train_steps=3",
+    )
     cfg = _config(tiny_wan22_path, prompts, *extra)
     trainer = Trainer(cfg, tmp_path / "run")
     policy = trainer.policy

@@ -565,6 +565,7 @@ def make_tiny_wan(
     )
 
     tok, enc = _umt5_encoder(Path(tmp_path) / "wan_parts" / "tok", seed=seed + 1)
+
     def wan_transformer(torch_seed: int) -> WanTransformer3DModel:
         torch.manual_seed(torch_seed)
         return WanTransformer3DModel(
