@@ -97,16 +97,37 @@ def _sample(a: argparse.Namespace) -> int:
     if a.cfg is not None and not a.cfg >= 1.0:
         raise UserError(f"flowdppo sample: --cfg must be >= 1.0 (1 = no guidance), got {a.cfg}")
     policy, cfg, _ = load_run_policy(a.run)
+    guidance = cfg.eval_guidance_scale if a.cfg is None else a.cfg
+    if a.negative_prompt is not None:
+        _set_sample_negative(policy, cfg.model.family, a.prompt, a.negative_prompt, guidance)
     prompts = [p for p in a.prompt for _ in range(a.n)]
     images = generate(
         policy,
         prompts,
         steps=a.steps or cfg.eval.num_inference_steps,
-        guidance_scale=cfg.eval_guidance_scale if a.cfg is None else a.cfg,
+        guidance_scale=guidance,
         seed=a.seed,
     )
     print(save_samples(images, prompts, a.out, cols=a.n))  # videos: an animated GIF
     return 0
+
+
+def _set_sample_negative(
+    policy: object, family: str, prompts: list[str], negative: str, guidance: float
+) -> None:
+    """``sample --negative-prompt``: the negative branch of CFG for every ``--prompt``."""
+    uses = getattr(policy, "uses_negative_prompts", None)
+    if uses is None or not uses():
+        raise UserError(
+            f"flowdppo sample: --negative-prompt: model.family {family!r} has no negative prompt "
+            "to set (its guidance has no negative branch; FLUX.1: model.true_cfg_scale > 1)"
+        )
+    if guidance <= 1.0:
+        raise UserError(
+            f"flowdppo sample: --negative-prompt needs guidance, but the guidance scale is "
+            f"{guidance} (set --cfg > 1)"
+        )
+    policy.set_negative_prompts(dict.fromkeys(prompts, negative))  # type: ignore[attr-defined]
 
 
 def _plot(a: argparse.Namespace) -> int:
@@ -251,6 +272,11 @@ def _add_run_commands(sub: Any) -> None:
     s.add_argument("--steps", type=positive_int)
     s.add_argument("--cfg", type=float, help="guidance scale (default eval.guidance_scale)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--negative-prompt",
+        help="negative prompt of CFG for every --prompt (families with a negative branch: "
+        "docs/models.md); default: the run's model.negative_prompt",
+    )
     s.add_argument("--out", required=True)
     s.set_defaults(func=_sample)
     pl = sub.add_parser("plot", help="reward / KL-to-base / reward-vs-KL curves of runs")

@@ -166,6 +166,11 @@ def test_sample(run, tmp_path) -> None:
         str(tmp_path / "g.png"),
     )
     assert (tmp_path / "g.png").stat().st_size > 0
+    res = cli(
+        "sample", "--run", str(run), "--prompt", "a red circle", "--negative-prompt", "blue",
+        "--out", str(tmp_path / "n.png"), check=False,
+    )  # fmt: skip
+    assert res.returncode == 2 and "has no negative prompt" in res.stderr, res.stderr
 
 
 def test_plot(run, tmp_path) -> None:

@@ -305,3 +305,42 @@ def test_wan_per_prompt_negatives_equal_the_pipeline(tiny_wan_path) -> None:
         **size,
     ).frames
     torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-5)
+
+
+def test_sample_negative_prompt_flag_sets_every_prompts_negative(family, monkeypatch, capsys):
+    """``flowdppo sample --negative-prompt``: the same images as the policy given that negative
+    for each ``--prompt``; other images than without the flag; one line when guidance is off."""
+    from types import SimpleNamespace
+
+    import flowdppo.runs
+    import flowdppo.viz
+    from flowdppo.cli import main
+    from flowdppo.trainer.sampling import generate
+
+    g = _guidance(family)
+    cfg = SimpleNamespace(
+        eval_guidance_scale=g["scale"],
+        eval=SimpleNamespace(num_inference_steps=NUM_STEPS),
+        model=SimpleNamespace(family=family.name),
+    )
+    policies: list = []
+
+    def load(run):
+        policies.append(family.policy(**g["policy"]))
+        return policies[-1], cfg, None
+
+    saved: list[torch.Tensor] = []
+    monkeypatch.setattr(flowdppo.runs, "load_run_policy", load)
+    monkeypatch.setattr(flowdppo.viz, "save_samples", lambda images, *a, **k: saved.append(images))
+    args = ["sample", "--run", "r", "--n", "1", "--out", "s.png", "--seed", "5"]
+    args += [x for p in PROMPTS for x in ("--prompt", p)]
+    assert main([*args, "--negative-prompt", NEGATIVES[0]]) == 0
+    assert main(args) == 0
+    direct = family.policy(**g["policy"])
+    direct.set_negative_prompts(dict.fromkeys(PROMPTS, NEGATIVES[0]))
+    expected = generate(direct, PROMPTS, steps=NUM_STEPS, guidance_scale=g["scale"], seed=5)
+    torch.testing.assert_close(saved[0], expected, rtol=0, atol=0)
+    assert (saved[0] - saved[1]).abs().max() > 1e-3  # the flag changes the samples
+    capsys.readouterr()
+    assert main([*args, "--negative-prompt", "x", "--cfg", "1"]) == 2
+    assert "needs guidance" in capsys.readouterr().err
