@@ -3,7 +3,7 @@
 flowdppo train [CONFIG] [--set k=v ...] [--max-iters N] --out DIR [--resume] [--no-progress]
 flowdppo resume DIR [--max-iters N] [--set k=v ...] [--allow-config-change] [--no-progress]
 flowdppo eval --run DIR [--n N] [--steps S] [--cfg G] [--split test|train]
-flowdppo sample --run DIR --prompt P [--prompt P ...] [--n 4] --out grid.png
+flowdppo sample --run DIR --prompt P [--prompt P ...] [--n 4] [--negative-prompt N] --out grid.png
 flowdppo plot --run DIR [--run DIR ...] --out plot.png
 flowdppo export --run DIR --out DIR
 flowdppo demo [--out DIR] [--no-progress]
@@ -87,47 +87,10 @@ def _eval(a: argparse.Namespace) -> int:
 
 
 def _sample(a: argparse.Namespace) -> int:
-    from flowdppo.runs import load_run_policy
-    from flowdppo.trainer.sampling import generate
-    from flowdppo.viz import save_samples
+    from flowdppo.runs import sample_run
 
-    empty = [i + 1 for i, p in enumerate(a.prompt) if not p.strip()]
-    if empty:
-        raise UserError(f"flowdppo sample: --prompt number {empty[0]} is empty")
-    if a.cfg is not None and not a.cfg >= 1.0:
-        raise UserError(f"flowdppo sample: --cfg must be >= 1.0 (1 = no guidance), got {a.cfg}")
-    policy, cfg, _ = load_run_policy(a.run)
-    guidance = cfg.eval_guidance_scale if a.cfg is None else a.cfg
-    if a.negative_prompt is not None:
-        _set_sample_negative(policy, cfg.model.family, a.prompt, a.negative_prompt, guidance)
-    prompts = [p for p in a.prompt for _ in range(a.n)]
-    images = generate(
-        policy,
-        prompts,
-        steps=a.steps or cfg.eval.num_inference_steps,
-        guidance_scale=guidance,
-        seed=a.seed,
-    )
-    print(save_samples(images, prompts, a.out, cols=a.n))  # videos: an animated GIF
+    print(sample_run(a.run, a.prompt, a.n, a.steps, a.cfg, a.seed, a.out, a.negative_prompt))
     return 0
-
-
-def _set_sample_negative(
-    policy: object, family: str, prompts: list[str], negative: str, guidance: float
-) -> None:
-    """``sample --negative-prompt``: the negative branch of CFG for every ``--prompt``."""
-    uses = getattr(policy, "uses_negative_prompts", None)
-    if uses is None or not uses():
-        raise UserError(
-            f"flowdppo sample: --negative-prompt: model.family {family!r} has no negative prompt "
-            "to set (its guidance has no negative branch; FLUX.1: model.true_cfg_scale > 1)"
-        )
-    if guidance <= 1.0:
-        raise UserError(
-            f"flowdppo sample: --negative-prompt needs guidance, but the guidance scale is "
-            f"{guidance} (set --cfg > 1)"
-        )
-    policy.set_negative_prompts(dict.fromkeys(prompts, negative))  # type: ignore[attr-defined]
 
 
 def _plot(a: argparse.Namespace) -> int:

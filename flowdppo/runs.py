@@ -217,3 +217,46 @@ def accuracy_lines(run_dir: str | Path) -> list[str]:
             + ", ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items())
         )
     return lines
+
+
+def sample_run(
+    run_dir: str | Path,
+    prompts: list[str],
+    n: int,
+    steps: int | None,
+    guidance: float | None,
+    seed: int,
+    out: str | Path,
+    negative_prompt: str | None = None,
+) -> Path:
+    """``flowdppo sample``: ``n`` ODE samples of each prompt from the run's latest policy (steps
+    and guidance None: the run's evaluation settings), in a grid at ``out`` (videos: a GIF);
+    ``negative_prompt``: the negative branch of CFG for every prompt. Returns the file written."""
+    from flowdppo.trainer.sampling import generate
+    from flowdppo.viz import save_samples
+
+    empty = [i + 1 for i, p in enumerate(prompts) if not p.strip()]
+    if empty:
+        raise UserError(f"flowdppo sample: --prompt number {empty[0]} is empty")
+    if guidance is not None and not guidance >= 1.0:
+        raise UserError(f"flowdppo sample: --cfg must be >= 1.0 (1 = no guidance), got {guidance}")
+    policy, cfg, _ = load_run_policy(run_dir)
+    guidance = cfg.eval_guidance_scale if guidance is None else guidance
+    if negative_prompt is not None:
+        uses = getattr(policy, "uses_negative_prompts", None)
+        if uses is None or not uses():
+            raise UserError(
+                f"flowdppo sample: --negative-prompt: model.family {cfg.model.family!r} has no "
+                "negative prompt to set (its guidance has no negative branch; FLUX.1: "
+                "model.true_cfg_scale > 1)"
+            )
+        if guidance <= 1.0:
+            raise UserError(
+                f"flowdppo sample: --negative-prompt needs guidance, but the guidance scale is "
+                f"{guidance} (set --cfg > 1)"
+            )
+        policy.set_negative_prompts(dict.fromkeys(prompts, negative_prompt))
+    every = [p for p in prompts for _ in range(n)]
+    steps = steps or cfg.eval.num_inference_steps
+    images = generate(policy, every, steps=steps, guidance_scale=guidance, seed=seed)
+    return save_samples(images, every, out, cols=n)
