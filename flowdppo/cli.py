@@ -11,8 +11,9 @@ flowdppo shapes pretrain|eval|render ...
 flowdppo reward-server --reward NAME --port P
 
 Exit codes (docs/reliability.md): 0 done; 1 the run failed at run time (a reward error,
-non-finite training, an unexpected exception); 2 a user error (arguments, config, input files,
-a run directory that cannot be used), one line without a traceback (``--debug`` shows it);
+non-finite training, another process that stopped or hung, an unexpected exception); 2 a user
+error (arguments, config, input files, a run directory that cannot be used), one line without a
+traceback (``--debug`` shows it);
 128 + N stopped by signal N after saving a checkpoint (130 Ctrl-C, 143 SIGTERM).
 """
 

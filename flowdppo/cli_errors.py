@@ -26,12 +26,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ConfigError, ValueErr
 
 def run_errors() -> tuple[type[BaseException], ...]:
     """Run-time failures (exit 1), reported in one line: a reward, non-finite training, a
-    checkpoint that could not be written."""
+    checkpoint that could not be written, another process that stopped or hung."""
     from flowdppo.rewards.compute import RewardError
     from flowdppo.trainer.checkpoint import CheckpointWriteError
+    from flowdppo.trainer.collective import CollectiveError
     from flowdppo.trainer.update import NonFiniteError
 
-    return (RewardError, NonFiniteError, CheckpointWriteError)
+    return (RewardError, NonFiniteError, CheckpointWriteError, CollectiveError)
 
 
 def run_command(func: Callable[[Any], int | None], args: Any, debug: bool) -> int:

@@ -55,6 +55,7 @@ CONFIG_CASES = [
     ("train.threads=-2", "train.threads: expected an int >= 0"),
     ("train.max_minutes=-1", "train.max_minutes: expected a number >= 0"),
     ("train.max_skipped_updates=-1", "train.max_skipped_updates"),
+    ("train.collective_timeout_s=-5", "train.collective_timeout_s: expected a number of seconds"),
     ("eval.per_category=0", "eval.per_category: expected an int >= 1, got 0"),
     ("eval.num_inference_steps=0", "eval.num_inference_steps"),
     ("eval.every=-1", "eval.every"),

@@ -602,6 +602,12 @@ class TrainConfig:
         "iterations 1, 1 + N, 1 + 2N, ... only: a pass with the LoRA off over every trained step "
         "(0 = never); with loss.beta > 0 it runs every iteration (the penalty needs it)",
     )
+    collective_timeout_s: float = _f(
+        0.0,
+        "with several processes: how long a collective (a gather, an all-reduce) waits for the "
+        "other processes before this one stops with one line naming the wait (a hung or stopped "
+        "process); 0 = the backend's default (gloo 30 min, NCCL 10 min)",
+    )
     max_skipped_updates: int = _f(
         10,
         "stop the run (saving a checkpoint of finite weights) when this many optimizer updates "
@@ -618,6 +624,12 @@ class TrainConfig:
             "an int >= 0",
         )
         _check(self.max_iters >= 1, "train.max_iters", self.max_iters, "an int >= 1")
+        _check(
+            math.isfinite(self.collective_timeout_s) and self.collective_timeout_s >= 0,
+            "train.collective_timeout_s",
+            self.collective_timeout_s,
+            "a number of seconds >= 0 (0 = the backend's default)",
+        )
         _check(
             math.isfinite(self.max_minutes) and self.max_minutes >= 0,
             "train.max_minutes",

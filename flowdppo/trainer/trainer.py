@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -38,6 +39,7 @@ from flowdppo.trainer.checkpoint import (
     save_checkpoint,
     write_failure,
 )
+from flowdppo.trainer.collective import collective_failure
 from flowdppo.trainer.crashpoints import crash_point
 from flowdppo.trainer.data import (
     balance_by,
@@ -64,6 +66,17 @@ def flat_group_fraction(total: torch.Tensor, valid: torch.Tensor, group_size: in
     return float((hi == lo).repeat_interleave(group_size)[valid].float().mean())
 
 
+def _init_kwargs(cfg: RunConfig) -> list[Any]:
+    """The process group's options: ``train.collective_timeout_s`` (0: the backend's default)."""
+    if cfg.train.collective_timeout_s <= 0:
+        return []
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.collective_timeout_s))]
+
+
 class Trainer:
     """Owns the policy, optimizer, EMA, rewards and run directory of one run."""
 
@@ -73,7 +86,7 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
-        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=_init_kwargs(cfg))
         n = cfg.sampling.prompts_per_iter * cfg.sampling.group_size
         if n % self.acc.num_processes:
             raise ValueError(
@@ -464,6 +477,11 @@ class Trainer:
                         f"{self.run_dir}/checkpoints"
                     )
                 raise StopRequested(signum)
+        except RuntimeError as err:  # another process stopped or hung: one line, not gloo's
+            failure = collective_failure(err)
+            if failure is None:
+                raise
+            raise failure from err
         finally:
             bar.close()
             self.logger.close()

@@ -4,7 +4,8 @@ tests' rewards registered, after arranging the fault ``FAULT``:
 
 - ``none``: no fault;
 - ``reward_rank1``: the reward raises on process 1 from iteration 2 on (a ``RewardError``: exit 1);
-- ``disk_rank0``: writing the checkpoint of iteration 2 fails on process 0 with ENOSPC.
+- ``disk_rank0``: writing the checkpoint of iteration 2 fails on process 0 with ENOSPC;
+- ``hang_rank1``: the reward hangs (sleeps for an hour) on process 1 from iteration 2 on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,7 +25,7 @@ from trainer.tiny import register_test_rewards
 
 def arrange(fault: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
-    if fault == "reward_rank1":
+    if fault in ("reward_rank1", "hang_rank1"):
         from flowdppo.rewards.base import _REGISTRY
 
         red = _REGISTRY["test_red"]
@@ -31,6 +33,8 @@ def arrange(fault: str) -> None:
         def score(self, images, prompts, metadata):
             # one forward batch per process and iteration in the tests: call 2 is iteration 2
             self.calls = getattr(self, "calls", 0) + 1
+            if rank == 1 and self.calls > 1 and fault == "hang_rank1":
+                time.sleep(3600)
             if rank == 1 and self.calls > 1:
                 raise RuntimeError("the judge crashed on process 1")
             return red.__call__(self, images, prompts, metadata)
@@ -47,7 +51,7 @@ def arrange(fault: str) -> None:
             return real(tensors, path, *args, **kwargs)
 
         checkpoint.save_file = full
-    elif fault != "none" and fault != "disk_rank0":
+    elif fault not in ("none", "disk_rank0"):
         raise SystemExit(f"unknown fault {fault!r}")
 
 

@@ -1,5 +1,6 @@
 """Faults in a two-process run (torchrun, gloo, CPU), through the command line on every process
-(``dist_fault.py``): a process that raises brings the run down on all processes, none hangs; a
+(``dist_fault.py``): a process that raises brings the run down on all processes, none hangs, and
+the others say so in one line; a process that hangs is reported after train.collective_timeout_s; a
 checkpoint write failing on process 0 stops every process with the same one line; a run resumed
 with another number of processes continues it (equal up to float32 summation order).
 
@@ -9,6 +10,7 @@ Slow (a torchrun start and gloo rendezvous per run: ~30 s each on a loaded 2-cor
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,6 +35,7 @@ SETTINGS = [
     "eval.every=0",
 ]
 HANG_S = 120  # a run whose processes have not all exited by then is hung
+WORKER_TRACEBACK = re.compile(r"\[rank\d+\]: Traceback")  # a process's, as torchrun relays it
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +63,24 @@ def test_a_process_that_raises_brings_every_process_down(tiny_ckpt, tmp_path) ->
     code, seconds, log = _flowdppo("reward_rank1", 2, "train", "--out", str(out), *_sets(tiny_ckpt))
     assert code != 0, log
     assert "error: reward 'test_red' raised RuntimeError: the judge crashed on process 1" in log
+    line = "error: process 0 of 2: a collective failed: another process of the run stopped"
+    assert line in log, log[-3000:]  # process 0, in the gather: one line, not gloo's traceback
+    assert not WORKER_TRACEBACK.search(log), log[-3000:]
+    assert [r["iter"] for r in read_lines(out)] == [1]
+    assert (out / "checkpoints" / "latest").read_text() == "iter_000001"
+    print(f"all processes down {seconds:.1f} s after the start")
+
+
+def test_a_hung_process_stops_the_others_after_the_collective_timeout(tiny_ckpt, tmp_path):
+    """The reward hangs on process 1 in iteration 2: process 0 waits in the gather for
+    train.collective_timeout_s (15 s here), then stops with one line naming the wait."""
+    out = tmp_path / "run"
+    sets = [*_sets(tiny_ckpt), "--set", "train.collective_timeout_s=15"]
+    code, seconds, log = _flowdppo("hang_rank1", 2, "train", "--out", str(out), *sets)
+    assert code != 0, log
+    line = "error: process 0 of 2: a collective failed: another process did not answer within"
+    assert f"{line} train.collective_timeout_s" in log, log[-3000:]
+    assert not WORKER_TRACEBACK.search(log), log[-3000:]  # torchrun prints its own
     assert [r["iter"] for r in read_lines(out)] == [1]
     assert (out / "checkpoints" / "latest").read_text() == "iter_000001"
     print(f"all processes down {seconds:.1f} s after the start")
