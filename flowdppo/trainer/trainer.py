@@ -150,6 +150,7 @@ class Trainer:
         self._diagnostics: list[dict[str, float]] | None = None  # set per iteration by step()
         self._alarm_fired = False  # set by evaluate(): an alarm fired at the last evaluation
         self._floor_warned = False  # the noise-floor warning is given once per process
+        self._delta_floor_warned = False  # and the adaptive δ's at its lower bound
         self._skipped_in_a_row = 0  # updates skipped (non-finite) since an iteration skipped none
         self._progress = False  # progress bars, set by train()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
@@ -318,6 +319,17 @@ class Trainer:
             measured, target = metrics["kl/old_new_mean"], self.trust.target
         used = self.trust.delta
         self.trust.update(measured, target)
+        at_bound = used <= self.trust.min_delta and measured > self.trust.band * target
+        if at_bound and not self._delta_floor_warned:  # once per run: δ can do no more
+            self._delta_floor_warned = True
+            warnings.warn(
+                f"iteration {it + 1}: the adaptive δ is at its lower bound "
+                f"{self.trust.min_delta:g} and the measured KL {measured:.3g} is still above "
+                f"{self.trust.band:g} × the target {target:.3g}: the first update of each "
+                "rollout is on-policy (KL 0 < any δ), so δ cannot hold this target; lower "
+                "optim.lr or optim.updates_per_iter, or set loss.beta (docs/tuning.md)",
+                stacklevel=2,
+            )
         return {"trust/delta": used, "trust/measured_kl": measured, "trust/target_kl": target}
 
     def _kl_metrics(self, kl_ref: torch.Tensor) -> dict[str, float]:

@@ -91,6 +91,25 @@ def test_the_loss_uses_the_adaptive_delta(tiny_ckpt, tmp_path, monkeypatch):
     assert seen == pytest.approx([d for d in (1e-6, 5e-7, 2.5e-7) for _ in range(per_iter)])
 
 
+def test_a_target_out_of_the_masks_reach_warns_once_at_the_lower_bound(tiny_ckpt, tmp_path):
+    """δ at min_delta (1e-12) with the KL still above the band: one warning naming what can hold
+    the target instead; none while δ is above its bound."""
+    cfg = tiny_config(
+        tiny_ckpt,
+        "loss.delta_schedule=adaptive",
+        "loss.target_step_kl=1e-20",  # out of reach: the first update of a rollout moves more
+        "loss.delta=4e-12",  # 4e-12, 2e-12, then the bound 1e-12 from iteration 3
+        "train.max_iters=5",
+    )
+    with pytest.warns(UserWarning, match="at its lower bound 1e-12") as caught:
+        Trainer(cfg, tmp_path / "run").train(5, progress=False)
+    bound = [w for w in caught if "lower bound" in str(w.message)]
+    assert len(bound) == 1 and str(bound[0].message).startswith("iteration 3:")
+    assert "optim.lr" in str(bound[0].message)
+    rows = read_lines(tmp_path / "run")
+    assert [r["trust/delta"] for r in rows] == pytest.approx([4e-12, 2e-12, 1e-12, 1e-12, 1e-12])
+
+
 def test_a_base_kl_budget_is_spread_over_the_run_and_uses_the_reference_pass(tiny_ckpt, tmp_path):
     cfg = tiny_config(
         tiny_ckpt,
