@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from flowdppo.config.load import config_to_dict, load_config
+from flowdppo.config.load import config_to_dict, load_config, yaml_error_text
 from flowdppo.config.schema import ConfigError, RunConfig
 
 TOP_KEYS = {"question", "notes", "base", "set", "seeds", "sweep", "methods", "report"}
@@ -188,7 +188,7 @@ def load_spec(path: str | Path, seeds: list[int] | None = None) -> Spec:
     except UnicodeDecodeError as err:
         raise SpecError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: invalid YAML: {err}") from None
+        raise SpecError(f"{path}: invalid YAML at {yaml_error_text(err)}") from None
     if not isinstance(raw, dict):
         _fail(path, "the top level", "a mapping", type(raw).__name__)
     unknown = sorted(set(raw) - TOP_KEYS)
@@ -237,7 +237,11 @@ def load_spec(path: str | Path, seeds: list[int] | None = None) -> Spec:
             for seed in seeds:
                 over = {**common, **mset, **point, "train.seed": seed}
                 try:
-                    cfg = load_config(base_path, [f"{k}={json.dumps(v)}" for k, v in over.items()])
+                    cfg = load_config(
+                        base_path,
+                        [f"{k}={json.dumps(v)}" for k, v in over.items()],
+                        label=str(base) if base_path is not None else "",
+                    )
                 except ConfigError as err:
                     raise SpecError(f"{path}: run {cell} seed {seed}: {err}") from None
                 runs.append(Run(f"{cell}__s{seed}", method, cell, seed, point, over, cfg))

@@ -97,6 +97,14 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def yaml_error_text(err: yaml.YAMLError) -> str:
+    """One line for a YAML parse error: where (line, column) and what, without PyYAML's excerpt."""
+    mark = getattr(err, "problem_mark", None)
+    parts = [getattr(err, "context", None), getattr(err, "problem", None)]
+    what = ", ".join(p for p in parts if p) or str(err).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark else what
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"a.b=c"`` → ``("a.b", yaml-parsed c)``."""
     if "=" not in text:
@@ -105,14 +113,24 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from err
+        raise ConfigError(
+            f"--set {key}: cannot parse value {raw!r}: {yaml_error_text(err)}"
+        ) from None
     return key.strip(), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load, override, convert and validate a run configuration."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    label: str | None = None,
+) -> RunConfig:
+    """Load, override, convert and validate a run configuration.
+
+    An error names ``label`` if given (empty: nothing, for a caller that names the source itself),
+    else the config file, else ``--set`` when only overrides were given."""
     data: dict[str, Any] = {}
-    source = "defaults"
+    source = "--set" if overrides else "defaults"
     if path is not None:
         source = str(path)
         if Path(path).is_dir():
@@ -128,7 +146,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except OSError as err:
             raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from err
+            raise ConfigError(f"{path}: invalid YAML at {yaml_error_text(err)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(
                 f"{path}: expected a mapping at the top level, got {type(loaded).__name__}"
@@ -140,7 +158,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = _build(RunConfig, data, "")
         cfg.validate()
     except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        if label is not None:
+            source = label
+        raise ConfigError(f"{source}: {err}" if source else str(err)) from None
     return cfg
 
 

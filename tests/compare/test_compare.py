@@ -87,7 +87,7 @@ def _rows(run: Path) -> list[dict]:
         ({"seeds": [0, 0]}, "seeds: expected a non-empty list of distinct integers"),
         ({"seeds": ["a"]}, "seeds: expected"),
         ({"methods": {"m": {"sett": {}}}}, "unknown key(s) ['sett'] in methods.m"),
-        ({"methods": {"m": {"set": {"loss.delta": -1.0}}}}, "run m seed 0: "),
+        ({"methods": {"m": {"set": {"loss.delta": -1.0}}}}, "run m seed 0: loss.delta"),
         ({"methods": {"m": {"set": {"loss.dleta": 1.0}}}}, "loss.dleta"),
         ({"methods": {"m": {"set": {"optim.lr": "fast"}}}}, "optim.lr: expected a number"),
         ({"methods": {"m": {"sweep": {"loss.delta": 1.0}}}}, "methods.m.sweep.loss.delta"),
@@ -104,6 +104,14 @@ def test_a_bad_spec_is_one_line_naming_the_file_and_key(tmp_path, ckpt, change, 
         load_spec(path)
     assert message in str(err.value)
     assert str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_spec_that_is_not_yaml_is_one_line_with_its_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("methods:\n  a: {set: {loss.delta: 1e-6}\n")
+    with pytest.raises(SpecError, match=r"broken.yaml: invalid YAML at line 3, column 1: ") as err:
+        load_spec(path)
     assert "\n" not in str(err.value)
 
 

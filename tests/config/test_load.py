@@ -32,8 +32,12 @@ def test_unknown_key_names_the_key_and_the_file(tmp_path) -> None:
 def test_unknown_section_and_unknown_override() -> None:
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['optimizer'\]"):
         load_config(None, ["optimizer.lr=1"])
-    with pytest.raises(ConfigError, match=r"defaults: unknown key\(s\) \['train.max_iter'\]"):
+    with pytest.raises(ConfigError, match=r"^--set: unknown key\(s\) \['train.max_iter'\]"):
         load_config(None, ["train.max_iter=3"])
+    with pytest.raises(ConfigError, match=r"^unknown key\(s\) \['train.max_iter'\]"):
+        load_config(None, ["train.max_iter=3"], label="")  # the caller names the source
+    with pytest.raises(ConfigError, match=r"^spec.yaml: unknown key"):
+        load_config(None, ["train.max_iter=3"], label="spec.yaml")
 
 
 @pytest.mark.parametrize(
@@ -133,8 +137,9 @@ def test_set_values_are_yaml_scalars() -> None:
     )  # first '=' splits
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_override("loss.delta")
-    with pytest.raises(ConfigError, match="cannot parse value"):
+    with pytest.raises(ConfigError, match="cannot parse value") as err:
         parse_override("rewards=[{name: a")
+    assert "\n" not in str(err.value) and "line 1, column" in str(err.value)
 
 
 def test_set_overrides_the_file(tmp_path) -> None:
@@ -183,8 +188,9 @@ def test_file_errors(tmp_path) -> None:
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="expected a mapping at the top level, got list"):
         load_config(_yaml(tmp_path, "- 1\n- 2\n"))
-    with pytest.raises(ConfigError, match="invalid YAML"):
+    with pytest.raises(ConfigError, match="invalid YAML at line 2, column 1: ") as err:
         load_config(_yaml(tmp_path, "loss: [1\n"))
+    assert "\n" not in str(err.value)  # one line, without PyYAML's excerpt
 
 
 def test_dump_and_load_round_trip(tmp_path) -> None:
