@@ -179,6 +179,8 @@ def prepare_run(
     if resume and has_checkpoint(out):
         return resume_config(out, config, sets, allow_change), True
     if resume:
+        if config is None:
+            run_config(out)  # one clear line when `out` holds no run
         cfg = load_config(out / "config.yaml" if config is None else config, sets)
         start_over(out, "the run saved no checkpoint before it stopped")
         return cfg, False

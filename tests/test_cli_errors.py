@@ -129,6 +129,28 @@ def test_bad_prompt_files_are_named(ckpt, tmp_path, capsys, name, content, needl
     _fails(capsys, argv, 2, needle, str(prompts.name))
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["resume", "{d}"],
+        ["resume", "{d}", "--set", "train.seed=3"],
+        ["eval", "--run", "{d}"],
+        ["export", "--run", "{d}", "--out", "{d}/x"],
+        ["sample", "--run", "{d}", "--prompt", "a red circle", "--out", "{d}/g.png"],
+    ],
+)
+def test_a_folder_that_holds_no_run_is_named_as_such(tmp_path, capsys, argv) -> None:
+    argv = [a.format(d=tmp_path / "nope") for a in argv]
+    _fails(capsys, argv, 2, "is " + str(tmp_path / "nope") + " a flowdppo run directory?")
+    assert not (tmp_path / "nope").exists()
+
+
+def test_a_config_that_is_not_yaml_is_one_line_with_its_position(tmp_path, capsys) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  seed: [0\n")
+    _fails(capsys, ["train", str(broken), "--out", str(tmp_path / "a")], 2, "line 3, column 1")
+
+
 def test_sample_refuses_an_empty_prompt(saved_run, tmp_path, capsys) -> None:
     argv = ["sample", "--run", str(saved_run), "--prompt", "a red circle", "--prompt", " "]
     _fails(capsys, [*argv, "--out", str(tmp_path / "g.png")], 2, "--prompt number 2 is empty")
