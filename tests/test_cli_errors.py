@@ -70,7 +70,9 @@ def test_a_bad_config_value_is_one_line_before_anything_runs(
     ckpt, tmp_path, capsys, override, message
 ) -> None:
     out = tmp_path / "x"
-    _fails(capsys, ["train", "--out", str(out), *_sets(ckpt, override)], 2, message, "error: --set: ")
+    _fails(
+        capsys, ["train", "--out", str(out), *_sets(ckpt, override)], 2, message, "error: --set: "
+    )
     assert not out.exists()
 
 
