@@ -99,7 +99,7 @@ def floor_times(trainer: Trainer) -> tuple[float, float]:
     pairs = n_local * s.train_steps
     m = cfg.optim.micro_batch_size
     t0 = time.perf_counter()
-    for lo in range(0, pairs, m):
+    for lo in [lo for _ in range(cfg.optim.epochs) for lo in range(0, pairs, m)]:
         b = min(m, pairs - lo)
         cond = policy.encode_prompts(prompts[:b])
         x = torch.randn(b, *policy.latent_shape, device=policy.device)
@@ -152,7 +152,7 @@ def forward_counts(trainer: Trainer) -> tuple[float, float]:
     counter.handle.remove()
     cfg.train.kl_ref_every = every
     pairs = n_local * cfg.sampling.train_steps
-    micro = sum(
+    micro = cfg.optim.epochs * sum(
         -(-len(mb) // cfg.optim.micro_batch_size)
         for mb in torch.tensor_split(torch.arange(pairs), cfg.optim.updates_per_iter)
     )

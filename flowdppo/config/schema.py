@@ -454,6 +454,12 @@ class OptimConfig:
     updates_per_iter: int = _f(
         2, "N optimizer updates per rollout (disjoint shuffled mini-batches)"
     )
+    epochs: int = _f(
+        1,
+        "passes over each rollout's (sample, step) pairs, each reshuffled and split into "
+        "optim.updates_per_iter mini-batches: epochs × updates_per_iter optimizer updates per "
+        "rollout, every pair used epochs times (Flow-GRPO's num_inner_epochs)",
+    )
     micro_batch_size: int = _f(
         32, "(sample, step) pairs per forward/backward (gradient accumulation)"
     )
@@ -486,6 +492,7 @@ class OptimConfig:
             self.updates_per_iter,
             "an int >= 1",
         )
+        _check(self.epochs >= 1, "optim.epochs", self.epochs, "an int >= 1")
         _check(
             self.micro_batch_size >= 1,
             "optim.micro_batch_size",

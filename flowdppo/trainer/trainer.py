@@ -327,7 +327,7 @@ class Trainer:
                 f"{self.trust.min_delta:g} and the measured KL {measured:.3g} is still above "
                 f"{self.trust.band:g} × the target {target:.3g}: the first update of each "
                 "rollout is on-policy (KL 0 < any δ), so δ cannot hold this target; lower "
-                "optim.lr or optim.updates_per_iter, or set loss.beta (docs/tuning.md)",
+                "optim.lr, optim.updates_per_iter or optim.epochs, or set loss.beta (docs/tuning.md)",
                 stacklevel=2,
             )
         return {"trust/delta": used, "trust/measured_kl": measured, "trust/target_kl": target}

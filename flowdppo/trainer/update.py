@@ -109,12 +109,17 @@ def all_keys(keys: list[str]) -> list[str]:
 def minibatches(
     num_samples: int, num_steps: int, valid: torch.Tensor, cfg: RunConfig, iteration: int
 ) -> list[torch.Tensor]:
-    """Global pair ids (sample * K + step) of each of the N mini-batches; valid samples only."""
+    """Global pair ids (sample * K + step) of each mini-batch, valid samples only, in order: for
+    each of ``optim.epochs`` passes, the pairs shuffled anew and split into N mini-batches (the
+    first pass's order does not depend on the number of passes)."""
     g = torch.Generator().manual_seed((cfg.train.seed * 7_919 + iteration) * 104_729 + 1)
     pairs = torch.arange(num_samples * num_steps)
     pairs = pairs[valid.repeat_interleave(num_steps)]
-    pairs = pairs[torch.randperm(pairs.numel(), generator=g)]
-    return list(torch.tensor_split(pairs, cfg.optim.updates_per_iter))
+    out: list[torch.Tensor] = []
+    for _ in range(cfg.optim.epochs):
+        order = pairs[torch.randperm(pairs.numel(), generator=g)]
+        out += torch.tensor_split(order, cfg.optim.updates_per_iter)
+    return out
 
 
 def _micro_loss(
@@ -251,7 +256,7 @@ def update_policy(
     diagnostics: list[dict[str, float]] | None = None,
     processes: int | None = None,
 ) -> dict[str, float]:
-    """Run the N updates; returns metrics averaged over all terms of all processes.
+    """Run the epochs × N updates; returns metrics averaged over all terms of all processes.
     ``delta`` replaces ``loss.delta`` for this iteration (the adaptive δ); ``diagnostics``, if
     given, receives up to ``train.diagnostic_terms`` of this process's terms (spread over the
     updates: the first terms of each update's first micro-batch). ``processes``: how many

@@ -98,6 +98,53 @@ def test_minibatches_partition_the_valid_pairs(tiny_ckpt) -> None:
     )
 
 
+def test_each_epoch_is_a_new_partition_and_the_first_is_unchanged(tiny_ckpt) -> None:
+    """optim.epochs = 3: 3 × N mini-batches, each pass a partition of the valid pairs in a new
+    order; the first pass is the one-epoch order (so epochs = 1 runs are unchanged)."""
+    valid = torch.tensor([True, False, True, True, True, True])
+    one = minibatches(6, 3, valid, tiny_config(tiny_ckpt, "optim.updates_per_iter=3"), 5)
+    cfg = tiny_config(tiny_ckpt, "optim.updates_per_iter=3", "optim.epochs=3")
+    mbs = minibatches(6, 3, valid, cfg, iteration=5)
+    assert [len(m) for m in mbs] == [5] * 9  # 15 valid pairs per pass, 3 mini-batches of 5
+    want = sorted(p for s in (0, 2, 3, 4, 5) for p in range(3 * s, 3 * s + 3))
+    passes = [torch.cat(mbs[3 * e : 3 * e + 3]) for e in range(3)]
+    for order in passes:
+        assert sorted(order.tolist()) == want
+    assert all(torch.equal(a, b) for a, b in zip(one, mbs[:3], strict=True))
+    assert not torch.equal(passes[0], passes[1]) and not torch.equal(passes[1], passes[2])
+
+
+def test_epochs_reuse_every_pair_in_epochs_times_n_steps(tiny_ckpt, tmp_path) -> None:
+    """A trainer with optim.epochs = 2 and N = 2 takes 4 optimizer steps per iteration; its first
+    two are those of the one-epoch run (bit for bit), and the third pass moves the weights on."""
+
+    def steps(epochs: int) -> list[list[torch.Tensor]]:
+        cfg = tiny_config(
+            tiny_ckpt,
+            "rewards=[{name: test_red}]",
+            "sampling.prompts_per_iter=2",
+            "sampling.group_size=3",
+            "sampling.train_steps=2",
+            "optim.updates_per_iter=2",
+            f"optim.epochs={epochs}",
+            "optim.lr=1e-3",
+        )
+        trainer = Trainer(cfg, tmp_path / f"epochs{epochs}")
+        params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
+        weights: list[list[torch.Tensor]] = []
+        trainer.optimizer.register_step_post_hook(
+            lambda *_: weights.append([p.detach().clone() for p in params])
+        )
+        trainer.step()
+        return weights
+
+    w1, w2 = steps(1), steps(2)
+    assert (len(w1), len(w2)) == (2, 4)
+    for a, b in zip(w1[1], w2[1], strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(w2[1], w2[3], strict=True))
+
+
 def _run(tiny_ckpt, tmp_path, micro: int, iters: int = 2):
     """Metric lines, the gradient of every optimizer step and the weights after each."""
     # test_red (smooth): the second iteration's rollouts come from the slightly different
