@@ -26,7 +26,9 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from flowdppo.compare.spec import Run, Spec, SpecError, changed_keys
+from flowdppo.compare.spec import Run, Spec, SpecError, changed_keys, with_new_keys
+from flowdppo.config import RunConfig
+from flowdppo.config.load import config_to_dict
 
 
 def _runs_dir(out: Path) -> Path:
@@ -56,7 +58,9 @@ def check_grid(spec: Spec, out: Path, allow_changed: bool) -> None:
     configs = {r.name: r.config_dict() for r in spec.runs}
     if lock.exists():
         old = json.loads(lock.read_text())
-        diff = changed_keys(old["configs"], json.loads(json.dumps(configs, default=str)))
+        defaults = json.loads(json.dumps(config_to_dict(RunConfig()), default=str))
+        saved = {n: with_new_keys(c, defaults) for n, c in old["configs"].items()}
+        diff = changed_keys(saved, json.loads(json.dumps(configs, default=str)))
         if diff and not allow_changed:
             shown = "; ".join(diff[:8]) + (f"; ... ({len(diff)} in all)" if len(diff) > 8 else "")
             raise SpecError(

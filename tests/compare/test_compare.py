@@ -224,6 +224,25 @@ def test_a_changed_spec_is_refused_naming_what_changed_unless_allowed(grid, ckpt
     assert "2/2 runs done" in proc.stderr
 
 
+def test_a_grid_started_before_a_config_key_existed_is_not_a_changed_spec(grid, tmp_path):
+    """grid.json written by an older flowdppo lacks the keys added since (here optim.epochs and
+    the whole alarms section): at their defaults they are no change; at another value they are."""
+    spec, out = grid
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    lock = json.loads((copy / "grid.json").read_text())
+    for c in lock["configs"].values():
+        del c["optim"]["epochs"], c["alarms"]
+    (copy / "grid.json").write_text(json.dumps(lock))
+    proc = cli("compare", str(spec), "--out", str(copy), "--no-progress")
+    assert "2/2 runs done" in proc.stderr and "changed" not in proc.stderr
+    for c in lock["configs"].values():
+        c["optim"]["updates_per_iter"] += 1  # present and different: a change
+    (copy / "grid.json").write_text(json.dumps(lock))
+    proc = cli("compare", str(spec), "--out", str(copy), "--no-progress", check=False)
+    assert proc.returncode == 2 and "optim.updates_per_iter" in proc.stderr
+
+
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(grid, tmp_path):
     """A run stopped after iteration 1 (its checkpoint saved) is resumed by compare and ends as
     the grid's uninterrupted run did; a run killed before any checkpoint is started over."""
