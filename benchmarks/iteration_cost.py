@@ -99,7 +99,8 @@ def floor_times(trainer: Trainer) -> tuple[float, float]:
     pairs = n_local * s.train_steps
     m = cfg.optim.micro_batch_size
     t0 = time.perf_counter()
-    for lo in [lo for _ in range(cfg.optim.epochs) for lo in range(0, pairs, m)]:
+    starts = list(range(0, pairs, m)) * cfg.optim.epochs  # each pass over the pairs
+    for lo in starts:
         b = min(m, pairs - lo)
         cond = policy.encode_prompts(prompts[:b])
         x = torch.randn(b, *policy.latent_shape, device=policy.device)

@@ -26,9 +26,9 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from flowdppo.compare.spec import Run, Spec, SpecError, changed_keys, with_new_keys
-from flowdppo.config import RunConfig
-from flowdppo.config.load import config_to_dict
+from flowdppo.compare.spec import Run, Spec, SpecError, changed_keys
+from flowdppo.config import ConfigError
+from flowdppo.config.load import config_from_dict, config_to_dict
 
 
 def _runs_dir(out: Path) -> Path:
@@ -52,14 +52,23 @@ def train_rows(run_dir: Path) -> int:
     return len(its)
 
 
+def _resolved(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's config as grid.json saved it, read by today's schema (as ``resume`` reads a run's
+    config.yaml): a key added since takes its default, which keeps the old behaviour, so it is
+    no change. A config today's schema refuses (a key removed since) is compared as saved."""
+    try:
+        return json.loads(json.dumps(config_to_dict(config_from_dict(saved)), default=str))
+    except ConfigError:
+        return saved
+
+
 def check_grid(spec: Spec, out: Path, allow_changed: bool) -> None:
     """Refuse a spec that changed since the grid in ``out`` started (unless allowed)."""
     lock = out / "grid.json"
     configs = {r.name: r.config_dict() for r in spec.runs}
     if lock.exists():
         old = json.loads(lock.read_text())
-        defaults = json.loads(json.dumps(config_to_dict(RunConfig()), default=str))
-        saved = {n: with_new_keys(c, defaults) for n, c in old["configs"].items()}
+        saved = {n: _resolved(c) for n, c in old["configs"].items()}
         diff = changed_keys(saved, json.loads(json.dumps(configs, default=str)))
         if diff and not allow_changed:
             shown = "; ".join(diff[:8]) + (f"; ... ({len(diff)} in all)" if len(diff) > 8 else "")

@@ -283,19 +283,6 @@ def changed_keys(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]])
     return out
 
 
-def with_new_keys(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``saved`` (a config dict written by an older flowdppo) with every key the schema has
-    added since at its default: a new key's default keeps the old behaviour, so a grid started
-    before the key existed is not a changed spec."""
-    out = dict(saved)
-    for k, v in defaults.items():
-        if k not in out:
-            out[k] = v
-        elif isinstance(v, dict) and isinstance(out[k], dict):
-            out[k] = with_new_keys(out[k], v)
-    return out
-
-
 def _diff_dict(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         keys = sorted(set(a) | set(b))

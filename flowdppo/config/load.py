@@ -155,12 +155,19 @@ def load_config(
     for text in overrides or []:
         _set_path(data, *parse_override(text))
     try:
-        cfg = _build(RunConfig, data, "")
-        cfg.validate()
+        cfg = config_from_dict(data)
     except ConfigError as err:
         if label is not None:
             source = label
         raise ConfigError(f"{source}: {err}" if source else str(err)) from None
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """A validated config from a (nested) dict: keys it lacks take today's defaults, so a dict
+    written by an older flowdppo reads as the run it described."""
+    cfg = _build(RunConfig, data, "")
+    cfg.validate()
     return cfg
 
 

@@ -116,36 +116,15 @@ def test_each_epoch_is_a_new_partition_and_the_first_is_unchanged(tiny_ckpt) -> 
 
 def test_epochs_reuse_every_pair_in_epochs_times_n_steps(tiny_ckpt, tmp_path) -> None:
     """A trainer with optim.epochs = 2 and N = 2 takes 4 optimizer steps per iteration; its first
-    two are those of the one-epoch run (bit for bit), and the third pass moves the weights on."""
-
-    def steps(epochs: int) -> list[list[torch.Tensor]]:
-        cfg = tiny_config(
-            tiny_ckpt,
-            "rewards=[{name: test_red}]",
-            "sampling.prompts_per_iter=2",
-            "sampling.group_size=3",
-            "sampling.train_steps=2",
-            "optim.updates_per_iter=2",
-            f"optim.epochs={epochs}",
-            "optim.lr=1e-3",
-        )
-        trainer = Trainer(cfg, tmp_path / f"epochs{epochs}")
-        params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
-        weights: list[list[torch.Tensor]] = []
-        trainer.optimizer.register_step_post_hook(
-            lambda *_: weights.append([p.detach().clone() for p in params])
-        )
-        trainer.step()
-        return weights
-
-    w1, w2 = steps(1), steps(2)
+    two are those of the one-epoch run (bit for bit), and the second pass moves the weights on."""
+    w1, w2 = _run(tiny_ckpt, tmp_path, 6, iters=1)[2], _run(tiny_ckpt, tmp_path, 6, 1, epochs=2)[2]
     assert (len(w1), len(w2)) == (2, 4)
     for a, b in zip(w1[1], w2[1], strict=True):
         assert torch.equal(a, b)
     assert any(not torch.equal(a, b) for a, b in zip(w2[1], w2[3], strict=True))
 
 
-def _run(tiny_ckpt, tmp_path, micro: int, iters: int = 2):
+def _run(tiny_ckpt, tmp_path, micro: int, iters: int = 2, epochs: int = 1):
     """Metric lines, the gradient of every optimizer step and the weights after each."""
     # test_red (smooth): the second iteration's rollouts come from the slightly different
     # weights of the two runs, and a JPEG size could jump by a byte on a last-bit pixel change.
@@ -156,10 +135,11 @@ def _run(tiny_ckpt, tmp_path, micro: int, iters: int = 2):
         "sampling.group_size=3",
         "sampling.train_steps=2",
         "optim.updates_per_iter=2",
+        f"optim.epochs={epochs}",
         f"optim.micro_batch_size={micro}",
         "optim.lr=1e-3",
     )
-    trainer = Trainer(cfg, tmp_path / f"micro{micro}")
+    trainer = Trainer(cfg, tmp_path / f"micro{micro}_epochs{epochs}_iters{iters}")
     params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
     grads: list[list[torch.Tensor]] = []
     weights: list[list[torch.Tensor]] = []
